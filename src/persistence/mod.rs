@@ -1,0 +1,100 @@
+//! Durable storage of entities: the journal (one row per event) and snapshots, behind the [`Journal`] and
+//! [`SnapshotStore`] traits, with two backends:
+//!
+//! - [`postgres`]: PostgreSQL through deadpool-postgres, the production store shared by every node;
+//! - [`sqlite`]: an embedded SQLite file under the data directory, so that a node runs with no database server.
+//!
+//! Payloads are opaque bytes: journal rows hold encoded `EventWrapper`s and snapshots encoded `StateWrapper`s,
+//! exactly as Chief of State stores them. Both backends record the number of shards at first boot and refuse to
+//! open with a different one. Both pass the same conformance suite (`tests/persistence_conformance.rs`).
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+use crate::config::{Backend, StoreConfig};
+
+/// One journal row: the event at `revision` of an entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedEvent {
+    /// The entity's revision this event produced (1-based, contiguous).
+    pub revision: u64,
+    /// An encoded `chief_of_state.v1.EventWrapper`.
+    pub payload: Bytes,
+}
+
+/// One snapshot: the entity's state at `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: u64,
+    /// An encoded `chief_of_state.v1.StateWrapper`.
+    pub payload: Bytes,
+}
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another writer already stored this revision of the entity (unique-key violation): the caller's view of
+    /// the entity is stale and it must not acknowledge anything.
+    #[error("concurrent write conflict: entity {entity_id:?} already has revision {revision}")]
+    Conflict { entity_id: String, revision: u64 },
+    /// The store cannot be reached (connection refused or lost, pool exhausted, database shutting down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store is reachable but refused the configuration (e.g. a different number of shards).
+    #[error("store misconfigured: {0}")]
+    Misconfigured(String),
+    /// Any other failure of the backend.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The event journal.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Appends `events` of one entity atomically (all or none), in `shard`. Their revisions are contiguous and
+    /// follow the entity's last stored revision; a revision that already exists fails the whole append with
+    /// [`Error::Conflict`]. Returns only once the events are durable.
+    async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()>;
+
+    /// The entity's events with a revision greater than `after_revision`, in ascending order.
+    async fn read_events(&self, entity_id: &str, after_revision: u64) -> Result<Vec<PersistedEvent>>;
+
+    /// The entity's highest stored revision (0 when it has none).
+    async fn highest_revision(&self, entity_id: &str) -> Result<u64>;
+
+    /// Deletes the entity's events with a revision up to and including `revision` (journal compaction).
+    async fn delete_events_up_to(&self, entity_id: &str, revision: u64) -> Result<()>;
+}
+
+/// The snapshot store.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Stores a snapshot (replacing one at the same revision).
+    async fn save_snapshot(&self, entity_id: &str, snapshot: &Snapshot) -> Result<()>;
+
+    /// The entity's snapshot with the highest revision.
+    async fn latest_snapshot(&self, entity_id: &str) -> Result<Option<Snapshot>>;
+
+    /// Keeps the entity's `keep` newest snapshots and deletes the others. Returns the revision of the oldest
+    /// snapshot kept, if any.
+    async fn retain_snapshots(&self, entity_id: &str, keep: usize) -> Result<Option<u64>>;
+}
+
+/// A whole backend: journal and snapshots in one store.
+pub trait Store: Journal + SnapshotStore {}
+
+impl<T: Journal + SnapshotStore> Store for T {}
+
+/// Opens (creating and migrating as needed) the configured backend, checking the recorded number of shards.
+pub async fn open(config: &StoreConfig, num_shards: u32) -> Result<Arc<dyn Store>> {
+    Ok(match config.backend {
+        Backend::Postgres => Arc::new(postgres::PostgresStore::open(&config.postgres, num_shards).await?),
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(&config.data_dir, num_shards).await?),
+    })
+}
