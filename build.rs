@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("regent_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    let mut prost_config = tonic_prost_build::Config::new();
+    // `prost::Name` impls, so that messages pack into `Any` with their type URL.
+    prost_config.enable_type_names();
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds_with_config(fds, prost_config)?;
     Ok(())
 }

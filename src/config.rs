@@ -211,3 +211,69 @@ impl Default for SnapshotConfig {
         Self { frequency: 100, retain: 2, disabled: false, delete_events: false }
     }
 }
+
+// TEMPORARY until the loader lands.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    pub fn write_side_endpoint(&self) -> Result<String, ConfigError> {
+        let scheme = if self.write_side.use_tls { "https" } else { "http" };
+        Ok(format!("{scheme}://{}:{}", self.write_side.host, self.write_side.port))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub backend: Option<Backend>,
+    pub write_side_host: Option<String>,
+    pub write_side_port: Option<u16>,
+}
+
+impl Config {
+    pub fn load_with(
+        file: Option<&std::path::Path>,
+        _env: &dyn Fn(&str) -> Option<String>,
+        o: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        use figment::providers::{Format, Serialized, Toml};
+        let mut f = figment::Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            f = f.merge(Toml::file(file));
+        }
+        let mut c: Config = f.extract().map_err(|e| ConfigError { key: "file".into(), message: e.to_string() })?;
+        if let Some(v) = &o.address {
+            c.server.address = v.clone();
+        }
+        if let Some(v) = o.port {
+            c.server.port = v;
+        }
+        if let Some(v) = &o.data_dir {
+            c.store.data_dir = v.clone();
+        }
+        if let Some(v) = o.backend {
+            c.store.backend = v;
+        }
+        if let Some(v) = &o.write_side_host {
+            c.write_side.host = v.clone();
+        }
+        if let Some(v) = o.write_side_port {
+            c.write_side.port = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}

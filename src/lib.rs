@@ -1,11 +1,29 @@
 //! # Regent
 //!
 //! A clustered event-sourcing node: a drop-in Rust implementation of Chief of State's `chief_of_state.v1` API.
+//! Applications implement a gRPC write handler (`HandleCommand`, `HandleEvent`); clients call `ProcessCommand`
+//! and `GetState`; Regent keeps each entity as an actor and persists its events and snapshots.
 //!
 //! ## Layout
+//! - [`node`]: the composition root: builds a node from its configuration, serves it, shuts it down.
 //! - [`config`]: the one configuration loader (defaults → TOML → environment, with CoS names → flags).
-//! - [`proto`]: the generated protobuf messages and gRPC services.
+//! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
+//! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
 //! - [`persistence`]: journal and snapshot store traits, with PostgreSQL and embedded SQLite backends.
+//! - [`cluster`]: membership, sharding coordinator, split-brain resolver (placeholder for now).
+//! - [`example`]: the bundled bank-account write handler used by the quick start.
+//! - [`cli`]: the `regent` command line (clap definitions).
+//! - [`proto`]: the generated protobuf messages and gRPC services.
+//! - [`telemetry`]: logging set-up.
+pub mod actors;
+pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod example;
+pub mod grpc;
+pub mod node;
 pub mod persistence;
 pub mod proto;
+pub mod telemetry;
+
+pub use node::Node;

@@ -1,0 +1,156 @@
+//! `ShardActor`: the entities of one shard. Supervised by the [`ShardRegion`](super::ShardRegion); supervises one
+//! [`EntityActor`] per live entity, spawned on the entity's first message.
+//!
+//! Idle passivation follows Akka: every `idle / 4` the shard asks entities that received nothing for `idle` to
+//! stop after their queued messages. Until the entity has stopped, new messages for it are buffered here and
+//! delivered to its next incarnation, so an entity never runs twice and no message is lost.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::{debug, warn};
+
+use super::entity::{EntityActor, EntityArgs, EntityMessage, EntitySettings};
+
+pub struct ShardActor;
+
+pub enum ShardMessage {
+    /// Deliver a message to an entity of this shard.
+    Deliver { entity_id: String, message: EntityMessage },
+    /// Look for idle entities to passivate.
+    PassivateIdle,
+}
+
+pub struct ShardArgs {
+    pub shard: u32,
+    pub settings: EntitySettings,
+    /// Stop entities idle for this long (`None`: never).
+    pub passivation_idle: Option<Duration>,
+}
+
+pub struct ShardState {
+    shard: u32,
+    settings: EntitySettings,
+    passivation_idle: Option<Duration>,
+    active: HashMap<String, Live>,
+    /// Entities asked to passivate that have not stopped yet, with the messages that arrived meanwhile.
+    passivating: HashMap<String, Vec<EntityMessage>>,
+    by_actor: HashMap<ActorId, String>,
+}
+
+struct Live {
+    actor: ActorRef<EntityMessage>,
+    last_message: Instant,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMessage;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMessage>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        if let Some(idle) = args.passivation_idle {
+            let period = (idle / 4).max(Duration::from_millis(10));
+            ractor::time::send_interval(period, myself.get_cell(), || ShardMessage::PassivateIdle);
+        }
+        Ok(ShardState {
+            shard: args.shard,
+            settings: args.settings,
+            passivation_idle: args.passivation_idle,
+            active: HashMap::new(),
+            passivating: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMessage>,
+        message: ShardMessage,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMessage::Deliver { entity_id, message } => state.deliver(&myself, entity_id, message).await,
+            ShardMessage::PassivateIdle => state.passivate_idle(),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ShardMessage>,
+        event: SupervisionEvent,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        let cell = match &event {
+            SupervisionEvent::ActorTerminated(cell, ..) => cell,
+            SupervisionEvent::ActorFailed(cell, error) => {
+                warn!(shard = state.shard, error = %error, "entity actor failed");
+                cell
+            }
+            _ => return Ok(()),
+        };
+        let Some(entity_id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        if state.active.get(&entity_id).is_some_and(|live| live.actor.get_id() == cell.get_id()) {
+            state.active.remove(&entity_id);
+        }
+        if let Some(buffered) = state.passivating.remove(&entity_id) {
+            for message in buffered {
+                state.deliver(&myself, entity_id.clone(), message).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    async fn deliver(&mut self, myself: &ActorRef<ShardMessage>, entity_id: String, message: EntityMessage) {
+        if let Some(buffer) = self.passivating.get_mut(&entity_id) {
+            buffer.push(message);
+            return;
+        }
+        if let Some(live) = self.active.get_mut(&entity_id) {
+            live.last_message = Instant::now();
+            if let Err(e) = live.actor.send_message(message) {
+                // The entity stopped on its own; its termination event will clean up. Answer the caller now.
+                warn!(%entity_id, shard = self.shard, "entity mailbox closed");
+                if let ractor::MessagingErr::SendErr(message) = e {
+                    message.fail("entity stopped before it could take the request");
+                }
+            }
+            return;
+        }
+        let args = EntityArgs { entity_id: entity_id.clone(), shard: self.shard, settings: self.settings.clone() };
+        match Actor::spawn_linked(None, EntityActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), entity_id.clone());
+                let _ = actor.send_message(message);
+                self.active.insert(entity_id, Live { actor, last_message: Instant::now() });
+            }
+            Err(e) => message.fail(&format!("could not start entity: {e}")),
+        }
+    }
+
+    fn passivate_idle(&mut self) {
+        let Some(idle) = self.passivation_idle else { return };
+        let now = Instant::now();
+        let idle_ids: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, live)| now.duration_since(live.last_message) >= idle)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for entity_id in idle_ids {
+            let live = self.active.remove(&entity_id).expect("listed above");
+            debug!(%entity_id, shard = self.shard, "entity idle: passivating");
+            if live.actor.send_message(EntityMessage::Passivate).is_ok() {
+                self.passivating.insert(entity_id, Vec::new());
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The `regent` command line (clap): run a node, run the bundled example handler, talk to a node.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Backend, Overrides};
+
+/// Regent: a clustered event-sourcing node, a drop-in implementation of Chief of State.
+#[derive(Debug, Parser)]
+#[command(name = "regent", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: serve `chief_of_state.v1.ChiefOfStateService` on COS_ADDRESS:COS_PORT.
+    Start(StartArgs),
+    /// Run the bundled bank-account write handler on its own.
+    ExampleHandler(ExampleHandlerArgs),
+    /// Send commands of the bundled bank-account example to a node and print the state it answers.
+    #[command(subcommand)]
+    Bank(BankCommand),
+    /// Print an entity's current state (any domain): revision, date, type and size of the state.
+    GetState(GetStateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// TOML configuration file (see config/regent.example.toml); environment variables override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+    /// Also run the bundled bank-account write handler in this process and use it as the write handler.
+    #[arg(long)]
+    pub example_handler: bool,
+    /// gRPC listen address (COS_ADDRESS).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// gRPC listen port (COS_PORT); 0 picks a free port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Store backend (REGENT_STORE_BACKEND).
+    #[arg(long, value_enum)]
+    pub store: Option<StoreArg>,
+    /// Folder of the embedded store (REGENT_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Write handler host (COS_WRITE_SIDE_HOST).
+    #[arg(long)]
+    pub write_side_host: Option<String>,
+    /// Write handler port (COS_WRITE_SIDE_PORT).
+    #[arg(long)]
+    pub write_side_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StoreArg {
+    Sqlite,
+    Postgres,
+}
+
+impl StartArgs {
+    /// The flags that override the configuration file and environment.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            address: self.address.clone(),
+            port: self.port,
+            data_dir: self.data_dir.clone(),
+            backend: self.store.map(|s| match s {
+                StoreArg::Sqlite => Backend::Sqlite,
+                StoreArg::Postgres => Backend::Postgres,
+            }),
+            write_side_host: self.write_side_host.clone(),
+            write_side_port: self.write_side_port,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExampleHandlerArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Listen port.
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// The node's gRPC endpoint.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9000", env = "REGENT_NODE")]
+    pub node: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BankCommand {
+    /// Open an account.
+    Open {
+        account: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value_t = 0)]
+        balance: i64,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Deposit into an account.
+    Deposit {
+        account: String,
+        amount: i64,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Withdraw from an account.
+    Withdraw {
+        account: String,
+        amount: i64,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Show an account.
+    Get {
+        account: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GetStateArgs {
+    pub entity_id: String,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

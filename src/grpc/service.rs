@@ -1,0 +1,113 @@
+//! `ChiefOfStateService`: `ProcessCommand` and `GetState` routed to the entity through the node's shard region,
+//! with the ask timeout of `COS_COMMAND_HANDLER_TIMEOUT`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span};
+
+use super::headers;
+use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, RegionMessage};
+use crate::config::WriteSideConfig;
+use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStateService;
+use crate::proto::chief_of_state::v1::*;
+
+const SUBSCRIPTIONS_DISABLED: &str = "Subscription is not enabled; configure subscription to use streaming";
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ChiefOfState {
+    region: ActorRef<RegionMessage>,
+    write_side: Arc<WriteSideConfig>,
+    ask_timeout: Duration,
+}
+
+impl ChiefOfState {
+    pub fn new(region: ActorRef<RegionMessage>, write_side: Arc<WriteSideConfig>, ask_timeout: Duration) -> Self {
+        Self { region, write_side, ask_timeout }
+    }
+
+    async fn ask(
+        &self,
+        entity_id: String,
+        message: impl FnOnce(ractor::RpcReplyPort<EntityReply>) -> EntityMessage,
+    ) -> Result<StateWrapper, Status> {
+        let id = entity_id.clone();
+        let call = self
+            .region
+            .call(|reply| RegionMessage::Route { entity_id, message: message(reply) }, Some(self.ask_timeout))
+            .await;
+        match call {
+            Ok(CallResult::Success(reply)) => reply.map_err(Status::from),
+            // As CoS: an ask timeout is INTERNAL. The command may still complete after this answer.
+            Ok(CallResult::Timeout) => Err(Status::internal(format!(
+                "Ask timed out on entity {id:?} after {} ms (COS_COMMAND_HANDLER_TIMEOUT); the command may still be applied",
+                self.ask_timeout.as_millis()
+            ))),
+            Ok(CallResult::SenderError) => Err(Status::unavailable(format!("entity {id:?} stopped before replying"))),
+            Err(_) => Err(Status::unavailable("the node is shutting down")),
+        }
+    }
+}
+
+fn entity_id_of(entity_id: String) -> Result<String, Status> {
+    if entity_id.is_empty() { Err(Status::invalid_argument("empty entity ID")) } else { Ok(entity_id) }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ChiefOfStateService for ChiefOfState {
+    async fn process_command(
+        &self,
+        request: Request<ProcessCommandRequest>,
+    ) -> Result<Response<ProcessCommandResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let entity_id = entity_id_of(body.entity_id)?;
+        let command = CommandEnvelope {
+            command: body.command.unwrap_or_default(),
+            propagated_headers: headers::propagated(&metadata, &self.write_side.propagated_headers),
+            persisted_headers: headers::persisted(&metadata, &self.write_side.persisted_headers),
+        };
+        let span = info_span!("process_command", entity_id = %entity_id);
+        let state = self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).instrument(span).await?;
+        Ok(Response::new(ProcessCommandResponse { state: state.state, meta: state.meta }))
+    }
+
+    async fn get_state(&self, request: Request<GetStateRequest>) -> Result<Response<GetStateResponse>, Status> {
+        let entity_id = entity_id_of(request.into_inner().entity_id)?;
+        let span = info_span!("get_state", entity_id = %entity_id);
+        let state = self.ask(entity_id, |reply| EntityMessage::GetState { reply }).instrument(span).await?;
+        Ok(Response::new(GetStateResponse { state: state.state, meta: state.meta }))
+    }
+
+    type SubscribeStream = BoxStream<SubscribeResponse>;
+    type SubscribeAllStream = BoxStream<SubscribeAllResponse>;
+
+    async fn subscribe(&self, _: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    }
+
+    async fn subscribe_all(
+        &self,
+        _: Request<SubscribeAllRequest>,
+    ) -> Result<Response<Self::SubscribeAllStream>, Status> {
+        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    }
+
+    async fn unsubscribe(&self, _: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
+        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    }
+
+    async fn unsubscribe_all(
+        &self,
+        _: Request<UnsubscribeAllRequest>,
+    ) -> Result<Response<UnsubscribeAllResponse>, Status> {
+        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    }
+}

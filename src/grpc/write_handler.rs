@@ -1,0 +1,98 @@
+//! The client side of the application's `WriteSideHandlerService`: a round-robin set of lazily connected channels,
+//! each call bounded by `COS_GRPC_CALLS_TIMEOUT`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSideHandlerServiceClient;
+use crate::proto::chief_of_state::v1::{
+    HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse,
+};
+
+/// A cheap, cloneable handle on the write handler.
+#[derive(Clone)]
+pub struct WriteHandler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clients: Vec<WriteSideHandlerServiceClient<Channel>>,
+    next: AtomicUsize,
+    timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl WriteHandler {
+    /// Builds the channels to `endpoint` (`http://host:port` or `https://host:port`). Nothing connects until the
+    /// first call; a handler that is down answers each call with `UNAVAILABLE`.
+    pub fn connect_lazy(
+        endpoint: &str,
+        pool_size: usize,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut ep = Endpoint::from_shared(endpoint.to_string())?
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .tcp_nodelay(true);
+        if endpoint.starts_with("https://") {
+            ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?;
+        }
+        let clients = (0..pool_size.max(1))
+            .map(|_| {
+                WriteSideHandlerServiceClient::new(ep.connect_lazy())
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes)
+            })
+            .collect();
+        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, max_message_bytes }) })
+    }
+
+    /// The largest message this client sends or accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes
+    }
+
+    fn client(&self) -> WriteSideHandlerServiceClient<Channel> {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.clients.len();
+        self.inner.clients[i].clone()
+    }
+
+    /// Calls `HandleCommand` with `headers` as the outgoing metadata.
+    pub async fn handle_command(
+        &self,
+        request: HandleCommandRequest,
+        headers: MetadataMap,
+    ) -> Result<HandleCommandResponse, Status> {
+        let mut request = Request::from_parts(headers, Default::default(), request);
+        request.set_timeout(self.inner.timeout);
+        let mut client = self.client();
+        self.bounded("HandleCommand", client.handle_command(request)).await
+    }
+
+    /// Calls `HandleEvent`.
+    pub async fn handle_event(&self, request: HandleEventRequest) -> Result<HandleEventResponse, Status> {
+        let mut request = Request::new(request);
+        request.set_timeout(self.inner.timeout);
+        let mut client = self.client();
+        self.bounded("HandleEvent", client.handle_event(request)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "write handler {method} did not answer within {} ms (COS_GRPC_CALLS_TIMEOUT)",
+                self.inner.timeout.as_millis()
+            ))),
+        }
+    }
+}
