@@ -1,10 +1,21 @@
 //! Regent's configuration: one loader, layered as defaults → TOML file → environment (the Chief of State names,
 //! with the original line's legacy names as aliases) → command-line flags → [`Config::validate`].
 //!
-//! Every key is documented in `config/regent.example.toml`; `regent start --dump-config` prints the result.
+//! Every key is documented in `config/regent.example.toml` and `docs/configuration.md`;
+//! `regent start --dump-config` prints the result ([`Config::to_toml`], password hidden).
+//!
+//! The environment is read through one table ([`ENV_VARS`]) that maps each variable, and its legacy aliases, to a
+//! key path and a value kind. Each value is parsed here, so a bad value is reported with the variable's name
+//! (`COS_PORT: expected an integer, got "abc"`), then handed to figment as one dictionary layer.
 
+use figment::{
+    Figment, Metadata, Profile, Provider,
+    providers::{Format, Serialized, Toml},
+    value::{Dict, Map, Value},
+};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// The whole configuration of one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,8 +79,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// PostgreSQL connection and pool (`COS_DB_*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// PostgreSQL connection and pool (`COS_DB_*`). `Debug` hides the password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     pub host: String,
@@ -212,68 +223,907 @@ impl Default for SnapshotConfig {
     }
 }
 
-// TEMPORARY until the loader lands.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &REDACTED)
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("pool_min_idle", &self.pool_min_idle)
+            .field("pool_idle_timeout_ms", &self.pool_idle_timeout_ms)
+            .field("pool_max_lifetime_ms", &self.pool_max_lifetime_ms)
+            .finish()
+    }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-    pub fn write_side_endpoint(&self) -> Result<String, ConfigError> {
-        let scheme = if self.write_side.use_tls { "https" } else { "http" };
-        Ok(format!("{scheme}://{}:{}", self.write_side.host, self.write_side.port))
-    }
-}
+/// What `--dump-config` and `Debug` print instead of a credential.
+const REDACTED: &str = "***";
 
-#[derive(Debug, Clone, Default)]
+/// Values given on the command line; each one set replaces whatever the file and the environment said.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
+    /// `--address`
     pub address: Option<String>,
+    /// `--port`
     pub port: Option<u16>,
+    /// `--data-dir`
     pub data_dir: Option<PathBuf>,
+    /// `--store`
     pub backend: Option<Backend>,
+    /// `--write-side-host`
     pub write_side_host: Option<String>,
+    /// `--write-side-port`
     pub write_side_port: Option<u16>,
 }
 
-impl Config {
-    pub fn load_with(
-        file: Option<&std::path::Path>,
-        _env: &dyn Fn(&str) -> Option<String>,
-        o: &Overrides,
-    ) -> Result<Config, ConfigError> {
-        use figment::providers::{Format, Serialized, Toml};
-        let mut f = figment::Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            f = f.merge(Toml::file(file));
+impl Overrides {
+    fn to_dict(&self) -> Dict {
+        let mut dict = Dict::new();
+        if let Some(address) = &self.address {
+            insert(&mut dict, "server.address", Value::from(address.clone()));
         }
-        let mut c: Config = f.extract().map_err(|e| ConfigError { key: "file".into(), message: e.to_string() })?;
-        if let Some(v) = &o.address {
-            c.server.address = v.clone();
+        if let Some(port) = self.port {
+            insert(&mut dict, "server.port", Value::from(port));
         }
-        if let Some(v) = o.port {
-            c.server.port = v;
+        if let Some(dir) = &self.data_dir {
+            insert(&mut dict, "store.data_dir", Value::from(dir.to_string_lossy().into_owned()));
         }
-        if let Some(v) = &o.data_dir {
-            c.store.data_dir = v.clone();
+        if let Some(backend) = self.backend {
+            insert(&mut dict, "store.backend", Value::from(backend.as_str()));
         }
-        if let Some(v) = o.backend {
-            c.store.backend = v;
+        if let Some(host) = &self.write_side_host {
+            insert(&mut dict, "write_side.host", Value::from(host.clone()));
         }
-        if let Some(v) = &o.write_side_host {
-            c.write_side.host = v.clone();
+        if let Some(port) = self.write_side_port {
+            insert(&mut dict, "write_side.port", Value::from(port));
         }
-        if let Some(v) = o.write_side_port {
-            c.write_side.port = v;
-        }
-        c.validate()?;
-        Ok(c)
+        dict
     }
+}
+
+impl Backend {
+    /// The spelling used in TOML, `REGENT_STORE_BACKEND` and `--store`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A configuration that cannot be loaded or is not valid. Every variant names the key (and environment variable)
+/// at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file given explicitly cannot be used.
+    #[error("config file {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// An environment variable holds a value of the wrong kind.
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    /// A value (from the file, usually) does not fit its key: unknown key, wrong type, out of range.
+    #[error("{key}{}: {message}{}", env_hint(*.env), origin_hint(.origin))]
+    Invalid { key: String, env: Option<&'static str>, origin: Option<String>, message: String },
+    /// A value is well-formed but not acceptable ([`Config::validate`], [`Config::write_side_endpoint`]).
+    #[error("{key}{}: {message}", env_hint(*.env))]
+    Validation { key: String, env: Option<&'static str>, message: String },
+}
+
+fn env_hint(env: Option<&str>) -> String {
+    env.map(|e| format!(" ({e})")).unwrap_or_default()
+}
+
+fn origin_hint(origin: &Option<String>) -> String {
+    origin.as_ref().map(|o| format!(" [from {o}]")).unwrap_or_default()
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Validation { key: key.into(), env: env_name_for(key), message: message.into() }
+    }
+
+    /// Converts a figment error, keeping the key path and the provider it came from. Figment may chain several
+    /// errors: the first one gives the variant's key, the others are appended to the message.
+    fn from_figment(error: figment::Error) -> Self {
+        let mut parts = error.into_iter().map(|e| {
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = if path.is_empty() { "(root)".to_string() } else { path.join(".") };
+            let origin = e.metadata.as_ref().map(|m| match m.source.as_ref() {
+                Some(figment::Source::File(file)) => file.display().to_string(),
+                _ => m.name.to_string(),
+            });
+            let profile = match &e.profile {
+                Some(p) if *p != Profile::Default => format!(" (profile {p})"),
+                _ => String::new(),
+            };
+            (key, origin, format!("{}{profile}", e.kind))
+        });
+        let (key, origin, mut message) =
+            parts.next().unwrap_or_else(|| ("(root)".into(), None, "invalid configuration".into()));
+        for (other_key, _, other_message) in parts {
+            message.push_str(&format!("; also {other_key}: {other_message}"));
+        }
+        let env = env_name_for(&key);
+        ConfigError::Invalid { key, env, origin, message }
+    }
+}
+
+/// How the text of an environment variable becomes a config value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvKind {
+    /// Taken verbatim (an empty value sets an empty string).
+    Str,
+    /// A non-negative integer no larger than `max`.
+    Int { max: u64 },
+    /// `true` / `false`, case-insensitive.
+    Bool,
+    /// Comma-separated list: items trimmed, empty ones dropped, duplicates dropped (first kept).
+    Csv,
+    /// An integer number of milliseconds.
+    Millis,
+    /// An integer number of seconds.
+    Secs,
+    /// `STANDARD` / `SIMPLE` / `JSON`, case-insensitive.
+    LogStyle,
+    /// `sqlite` / `postgres`, case-insensitive.
+    Backend,
+    /// A port where CoS's "unset" spelling `-1` means 0 (not configured).
+    WriteSidePort,
+}
+
+const U16: EnvKind = EnvKind::Int { max: u16::MAX as u64 };
+const U32: EnvKind = EnvKind::Int { max: u32::MAX as u64 };
+const U64: EnvKind = EnvKind::Int { max: u64::MAX };
+const USIZE: EnvKind = EnvKind::Int { max: usize::MAX as u64 };
+
+/// One environment variable: its name, the legacy names accepted when it is unset, the config key it sets.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    pub name: &'static str,
+    /// Older spellings, consulted in order only when `name` is unset (or empty).
+    pub aliases: &'static [&'static str],
+    /// Dotted key path in [`Config`] (the TOML path).
+    pub key: &'static str,
+    kind: EnvKind,
+}
+
+const fn var(name: &'static str, aliases: &'static [&'static str], key: &'static str, kind: EnvKind) -> EnvVar {
+    EnvVar { name, aliases, key, kind }
+}
+
+/// Every environment variable Regent reads. The single source of truth for the environment layer.
+pub const ENV_VARS: &[EnvVar] = &[
+    var("COS_SERVICE_NAME", &[], "service_name", EnvKind::Str),
+    var("COS_ADDRESS", &[], "server.address", EnvKind::Str),
+    var("COS_PORT", &[], "server.port", U16),
+    var("REGENT_MAX_MESSAGE_BYTES", &[], "server.max_message_bytes", USIZE),
+    var("LOG_LEVEL", &[], "log.level", EnvKind::Str),
+    var("LOG_STYLE", &[], "log.style", EnvKind::LogStyle),
+    var("REGENT_STORE_BACKEND", &[], "store.backend", EnvKind::Backend),
+    var("REGENT_DATA_DIR", &[], "store.data_dir", EnvKind::Str),
+    var("COS_DB_HOST", &["COS_POSTGRES_HOST"], "store.postgres.host", EnvKind::Str),
+    var("COS_DB_PORT", &["COS_POSTGRES_PORT"], "store.postgres.port", U16),
+    var("COS_DB_USER", &["COS_POSTGRES_USER"], "store.postgres.user", EnvKind::Str),
+    var("COS_DB_PASSWORD", &["COS_POSTGRES_PASSWORD"], "store.postgres.password", EnvKind::Str),
+    var("COS_DB_NAME", &["COS_POSTGRES_DB"], "store.postgres.database", EnvKind::Str),
+    var("COS_DB_SCHEMA", &["COS_POSTGRES_SCHEMA"], "store.postgres.schema", EnvKind::Str),
+    var("COS_DB_POOL_MAX_SIZE", &[], "store.postgres.pool_max_size", USIZE),
+    var("COS_DB_POOL_MIN_IDLE_CONNECTIONS", &[], "store.postgres.pool_min_idle", USIZE),
+    var("COS_DB_POOL_IDLE_TIMEOUT_MS", &[], "store.postgres.pool_idle_timeout_ms", EnvKind::Millis),
+    var("COS_DB_POOL_MAX_LIFETIME_MS", &[], "store.postgres.pool_max_lifetime_ms", EnvKind::Millis),
+    var(
+        "COS_WRITE_SIDE_HOST",
+        &["WRITE_SIDE_HANDLER_SERVICE_HOST", "HANDLER_SERVICE_HOST"],
+        "write_side.host",
+        EnvKind::Str,
+    ),
+    var(
+        "COS_WRITE_SIDE_PORT",
+        &["WRITE_SIDE_HANDLER_SERVICE_PORT", "HANDLER_SERVICE_PORT"],
+        "write_side.port",
+        EnvKind::WriteSidePort,
+    ),
+    var("COS_WRITE_SIDE_USE_TLS", &[], "write_side.use_tls", EnvKind::Bool),
+    var(
+        "COS_WRITE_SIDE_PROTO_VALIDATION",
+        &["HANDLER_SERVICE_ENABLE_PROTO_VALIDATION"],
+        "write_side.proto_validation",
+        EnvKind::Bool,
+    ),
+    var(
+        "COS_WRITE_SIDE_STATE_PROTOS",
+        &["HANDLER_SERVICE_STATES_PROTOS", "HANDLER_SERVICE_STATE_PROTO"],
+        "write_side.state_protos",
+        EnvKind::Csv,
+    ),
+    var("COS_WRITE_SIDE_EVENT_PROTOS", &["HANDLER_SERVICE_EVENTS_PROTOS"], "write_side.event_protos", EnvKind::Csv),
+    var(
+        "COS_WRITE_SIDE_PROPAGATED_HEADERS",
+        &["COS_WRITE_PROPAGATED_HEADERS"],
+        "write_side.propagated_headers",
+        EnvKind::Csv,
+    ),
+    var("COS_WRITE_PERSISTED_HEADERS", &[], "write_side.persisted_headers", EnvKind::Csv),
+    var("COS_GRPC_CALLS_TIMEOUT", &[], "write_side.calls_timeout_ms", EnvKind::Millis),
+    var("COS_GRPC_CLIENT_POOL_SIZE", &[], "write_side.pool_size", USIZE),
+    var("COS_NUM_SHARDS", &[], "entities.num_shards", U32),
+    var("COS_COMMAND_HANDLER_TIMEOUT", &[], "entities.command_handler_timeout_secs", EnvKind::Secs),
+    var("REGENT_PASSIVATION_IDLE_SECS", &[], "entities.passivation_idle_secs", EnvKind::Secs),
+    var("COS_SNAPSHOT_FREQUENCY", &[], "snapshots.frequency", U64),
+    var("COS_NUM_SNAPSHOTS_TO_RETAIN", &[], "snapshots.retain", U32),
+    var("COS_DISABLE_SNAPSHOT", &[], "snapshots.disabled", EnvKind::Bool),
+    var("COS_JOURNAL_LOGICAL_DELETION", &[], "snapshots.delete_events", EnvKind::Bool),
+];
+
+/// Variables that CoS samples still set but that have no effect (in CoS either): accepted and ignored.
+pub const IGNORED_ENV_VARS: &[&str] =
+    &["COS_DB_CREATE_TABLES", "COS_DB_DB", "COS_EVENTS_BATCH_THRESHOLD", "COS_STORES_AUTO_CREATE"];
+
+/// Keys that can only be set in the TOML file (or on the command line); every other key has an entry in
+/// [`ENV_VARS`].
+pub const TOML_ONLY_KEYS: &[&str] = &[];
+
+/// The environment variable that sets `key`, if any.
+pub fn env_name_for(key: &str) -> Option<&'static str> {
+    ENV_VARS.iter().find(|v| v.key == key).map(|v| v.name)
+}
+
+/// Reads a variable of the process environment (unset or not valid Unicode = `None`); pass `&process_env` to
+/// [`Config::load`] or [`Config::load_with`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Parses one variable's text. `Ok(None)`: treat as unset (a blank value of a non-text kind).
+fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>, ConfigError> {
+    let err = |message: String| ConfigError::Env { var: var.into(), message };
+    let text = raw.trim();
+    if kind != EnvKind::Str && kind != EnvKind::Csv && text.is_empty() {
+        return Ok(None);
+    }
+    let int = |unit: &str, max: u64| -> Result<u64, ConfigError> {
+        let n: u64 = text.parse().map_err(|_| err(format!("expected {unit}, got {raw:?}")))?;
+        if n > max {
+            return Err(err(format!("{n} is out of range (at most {max})")));
+        }
+        Ok(n)
+    };
+    let value = match kind {
+        EnvKind::Str => Value::from(raw.to_string()),
+        EnvKind::Int { max } => Value::from(int("an integer", max)?),
+        EnvKind::Millis => Value::from(int("an integer number of milliseconds", u64::MAX)?),
+        EnvKind::Secs => Value::from(int("an integer number of seconds", u64::MAX)?),
+        EnvKind::WriteSidePort if text == "-1" => Value::from(0u16),
+        EnvKind::WriteSidePort => Value::from(int("an integer (a port, or -1 for none)", u16::MAX.into())?),
+        EnvKind::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" => Value::from(true),
+            "false" => Value::from(false),
+            _ => return Err(err(format!("expected true or false, got {raw:?}"))),
+        },
+        EnvKind::Csv => Value::from(parse_csv(raw)),
+        EnvKind::LogStyle => match text.to_ascii_uppercase().as_str() {
+            style @ ("STANDARD" | "SIMPLE" | "JSON") => Value::from(style),
+            _ => return Err(err(format!("expected STANDARD, SIMPLE or JSON, got {raw:?}"))),
+        },
+        EnvKind::Backend => match text.to_ascii_lowercase().as_str() {
+            backend @ ("sqlite" | "postgres") => Value::from(backend),
+            _ => return Err(err(format!("expected sqlite or postgres, got {raw:?}"))),
+        },
+    };
+    Ok(Some(value))
+}
+
+/// CoS's list syntax: split on `,`, trim, drop empty items and duplicates (keeping the first).
+fn parse_csv(raw: &str) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if !items.iter().any(|seen| seen == item) {
+            items.push(item.to_string());
+        }
+    }
+    items
+}
+
+/// Builds the environment layer. Per variable: the first of name-then-aliases with a non-blank value wins; if all
+/// are blank, a blank text or list value still counts (an empty password is a password).
+fn env_layer(env: &dyn Fn(&str) -> Option<String>, file_sets_backend: bool) -> Result<Dict, ConfigError> {
+    let mut dict = Dict::new();
+    for var in ENV_VARS {
+        let names = std::iter::once(var.name).chain(var.aliases.iter().copied());
+        let mut blank: Option<(&str, String)> = None;
+        let mut chosen = None;
+        for name in names {
+            let Some(raw) = env(name) else { continue };
+            if raw.trim().is_empty() {
+                blank.get_or_insert((name, raw));
+                continue;
+            }
+            chosen = parse_env_value(name, var.kind, &raw)?;
+            break;
+        }
+        if chosen.is_none()
+            && let Some((name, raw)) = blank
+        {
+            chosen = parse_env_value(name, var.kind, &raw)?;
+        }
+        if let Some(value) = chosen {
+            insert(&mut dict, var.key, value);
+        }
+    }
+    // A CoS deployment pointed at Regent keeps its PostgreSQL: COS_DB_HOST alone selects the backend, unless the
+    // backend was chosen explicitly (REGENT_STORE_BACKEND or store.backend in the file).
+    let db_host_set = ["COS_DB_HOST", "COS_POSTGRES_HOST"].iter().any(|n| env(n).is_some_and(|v| !v.trim().is_empty()));
+    if db_host_set && !file_sets_backend && !contains(&dict, "store.backend") {
+        insert(&mut dict, "store.backend", Value::from(Backend::Postgres.as_str()));
+    }
+    Ok(dict)
+}
+
+/// Sets `value` at the dotted `path`, creating the intermediate dictionaries.
+fn insert(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict.entry(head.to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn contains(dict: &Dict, path: &str) -> bool {
+    match path.split_once('.') {
+        None => dict.contains_key(path),
+        Some((head, rest)) => matches!(dict.get(head), Some(Value::Dict(_, inner)) if contains(inner, rest)),
+    }
+}
+
+/// A figment provider over a ready-made dictionary (the environment and command-line layers).
+struct Layer {
+    name: &'static str,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+impl Config {
+    /// Loads defaults → `file` (if given; it must exist) → environment (read through `env`) → [`Self::validate`].
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Self::load_with(file, env, &Overrides::default())
+    }
+
+    /// [`Self::load`] with the process environment.
+    pub fn load_from_process_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load(file, &process_env)
+    }
+
+    /// Loads defaults → `file` → environment → command-line `overrides` → [`Self::validate`].
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::figment(file, env, overrides)?.extract::<Config>().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn figment(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut file_sets_backend = false;
+        if let Some(path) = file {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => return Err(ConfigError::File { path: path.into(), message: "not a regular file".into() }),
+                Err(e) => return Err(ConfigError::File { path: path.into(), message: e.to_string() }),
+            }
+            file_sets_backend = Figment::from(Toml::file_exact(path)).contains("store.backend");
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = env_layer(env, file_sets_backend)?;
+        Ok(figment
+            .merge(Layer { name: "environment", dict: env })
+            .merge(Layer { name: "command line", dict: overrides.to_dict() }))
+    }
+
+    /// Checks the ranges and formats that the types alone do not. Write-side host and port are not required here
+    /// (see [`Self::write_side_endpoint`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.service_name;
+        check(!name.is_empty() && name.chars().count() <= 64, "service_name", || {
+            format!("must be 1 to 64 characters, got {name:?}")
+        })?;
+        check(!self.server.address.is_empty(), "server.address", || "must not be empty".into())?;
+        let max_message = self.server.max_message_bytes;
+        check(max_message >= 1024, "server.max_message_bytes", || format!("must be at least 1024, got {max_message}"))?;
+        check(!self.log.level.trim().is_empty(), "log.level", || "must not be empty".into())?;
+        let sqlite = self.store.backend == Backend::Sqlite;
+        check(!sqlite || !self.store.data_dir.as_os_str().is_empty(), "store.data_dir", || "must not be empty".into())?;
+
+        // The PostgreSQL section only matters, and is only checked, when it is the backend in use.
+        if self.store.backend == Backend::Postgres {
+            validate_postgres(&self.store.postgres)?;
+        }
+
+        let ws = &self.write_side;
+        check(ws.calls_timeout_ms >= 1, "write_side.calls_timeout_ms", || "must be at least 1".into())?;
+        check(ws.pool_size >= 1, "write_side.pool_size", || "must be at least 1".into())?;
+
+        let shards = self.entities.num_shards;
+        check((1..=10_000).contains(&shards), "entities.num_shards", || {
+            format!("must be between 1 and 10000, got {shards}")
+        })?;
+        let timeout = self.entities.command_handler_timeout_secs;
+        check((1..=300).contains(&timeout), "entities.command_handler_timeout_secs", || {
+            format!("must be between 1 and 300, got {timeout}")
+        })?;
+
+        let snap = &self.snapshots;
+        check(snap.frequency >= 1, "snapshots.frequency", || "must be at least 1".into())?;
+        check((1..=100).contains(&snap.retain), "snapshots.retain", || {
+            format!("must be between 1 and 100, got {}", snap.retain)
+        })?;
+        Ok(())
+    }
+
+    /// The write handler's URL, `http://host:port` (`https` with `use_tls`), or an error naming the missing key.
+    pub fn write_side_endpoint(&self) -> Result<String, ConfigError> {
+        let ws = &self.write_side;
+        if ws.host.trim().is_empty() {
+            return Err(ConfigError::invalid("write_side.host", "the write handler's host is not set"));
+        }
+        if ws.port == 0 {
+            return Err(ConfigError::invalid("write_side.port", "the write handler's port is not set"));
+        }
+        let scheme = if ws.use_tls { "https" } else { "http" };
+        let host =
+            if ws.host.contains(':') && !ws.host.starts_with('[') { format!("[{}]", ws.host) } else { ws.host.clone() };
+        Ok(format!("{scheme}://{host}:{}", ws.port))
+    }
+
+    /// The configuration as TOML, for `--dump-config`; the database password is printed as `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let mut shown = self.clone();
+        shown.store.postgres.password = REDACTED.into();
+        shown.store.data_dir = PathBuf::from(shown.store.data_dir.to_string_lossy().into_owned());
+        toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
+    }
+}
+
+/// `Ok` if `ok`, else a validation error naming `key` (and its environment variable).
+fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok { Ok(()) } else { Err(ConfigError::invalid(key, message())) }
+}
+
+fn validate_postgres(pg: &PostgresConfig) -> Result<(), ConfigError> {
+    check(!pg.host.is_empty(), "store.postgres.host", || "must not be empty".into())?;
+    check(pg.port != 0, "store.postgres.port", || "must not be 0".into())?;
+    check(!pg.database.is_empty(), "store.postgres.database", || "must not be empty".into())?;
+    check(is_sql_identifier(&pg.schema), "store.postgres.schema", || {
+        format!(
+            "must be a plain SQL identifier (letters, digits, _; not starting with a digit; at most 63), got {:?}",
+            pg.schema
+        )
+    })?;
+    check(pg.pool_max_size >= 1, "store.postgres.pool_max_size", || "must be at least 1".into())?;
+    check(pg.pool_min_idle <= pg.pool_max_size, "store.postgres.pool_min_idle", || {
+        format!("must not exceed store.postgres.pool_max_size ({}), got {}", pg.pool_max_size, pg.pool_min_idle)
+    })?;
+    check(pg.pool_idle_timeout_ms >= 1, "store.postgres.pool_idle_timeout_ms", || "must be at least 1".into())?;
+    check(pg.pool_max_lifetime_ms >= 1, "store.postgres.pool_max_lifetime_ms", || "must be at least 1".into())?;
+    Ok(())
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]{0,62}$`
+fn is_sql_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && s.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    /// An environment made of `pairs` only.
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn load(file: Option<&Path>, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(file, &env_of(pairs))
+    }
+
+    /// Every leaf key path of the default config, e.g. `store.postgres.host`.
+    fn leaf_keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (k, v) in table {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaf_keys(v, &path, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    fn all_leaf_keys() -> Vec<String> {
+        let mut keys = Vec::new();
+        leaf_keys(&toml::Value::try_from(Config::default()).unwrap(), "", &mut keys);
+        keys
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config, Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let file = toml_file("service_name = \"bank\"\n[server]\nport = 9100\n[entities]\nnum_shards = 9\n");
+        let config = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(config.service_name, "bank");
+        assert_eq!(config.server.port, 9100);
+        assert_eq!(config.entities.num_shards, 9);
+        assert_eq!(config.server.address, "0.0.0.0", "untouched keys keep their default");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/regent.toml")), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/regent.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_toml() {
+        let file = toml_file("[server]\nport = 9100\naddress = \"10.0.0.1\"\n");
+        let config = load(Some(file.path()), &[("COS_PORT", "9200"), ("LOG_STYLE", "json")]).unwrap();
+        assert_eq!(config.server.port, 9200);
+        assert_eq!(config.server.address, "10.0.0.1");
+        assert_eq!(config.log.style, LogStyle::Json);
+    }
+
+    #[test]
+    fn every_kind_of_env_value() {
+        let config = load(
+            None,
+            &[
+                ("COS_SERVICE_NAME", "bank"),
+                ("COS_DB_PASSWORD", ""),
+                ("COS_DB_POOL_IDLE_TIMEOUT_MS", "30000"),
+                ("COS_WRITE_SIDE_USE_TLS", "TRUE"),
+                ("COS_COMMAND_HANDLER_TIMEOUT", "7"),
+                ("COS_JOURNAL_LOGICAL_DELETION", "False"),
+                ("REGENT_STORE_BACKEND", "SQLite"),
+                ("REGENT_DATA_DIR", "/var/lib/regent"),
+                ("COS_NUM_SHARDS", " "),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.service_name, "bank");
+        assert_eq!(config.store.postgres.password, "", "an empty password is a password");
+        assert_eq!(config.store.postgres.pool_idle_timeout_ms, 30_000);
+        assert!(config.write_side.use_tls);
+        assert_eq!(config.entities.command_handler_timeout_secs, 7);
+        assert!(!config.snapshots.delete_events);
+        assert_eq!(config.store.backend, Backend::Sqlite);
+        assert_eq!(config.store.data_dir, PathBuf::from("/var/lib/regent"));
+        assert_eq!(config.entities.num_shards, 16, "a blank number counts as unset");
+    }
+
+    #[test]
+    fn modern_name_beats_alias() {
+        let config = load(
+            None,
+            &[
+                ("COS_WRITE_SIDE_HOST", "modern"),
+                ("WRITE_SIDE_HANDLER_SERVICE_HOST", "legacy"),
+                ("HANDLER_SERVICE_HOST", "oldest"),
+                ("COS_DB_USER", "modern"),
+                ("COS_POSTGRES_USER", "legacy"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.write_side.host, "modern");
+        assert_eq!(config.store.postgres.user, "modern");
+    }
+
+    #[test]
+    fn aliases_work() {
+        let config = load(
+            None,
+            &[
+                ("COS_WRITE_SIDE_HOST", ""),
+                ("WRITE_SIDE_HANDLER_SERVICE_HOST", "legacy"),
+                ("HANDLER_SERVICE_PORT", "50051"),
+                ("HANDLER_SERVICE_ENABLE_PROTO_VALIDATION", "true"),
+                ("HANDLER_SERVICE_STATE_PROTO", "bank.Account"),
+                ("HANDLER_SERVICE_EVENTS_PROTOS", "bank.Opened,bank.Closed"),
+                ("COS_WRITE_PROPAGATED_HEADERS", "x-user"),
+                ("COS_POSTGRES_DB", "cos"),
+                ("COS_POSTGRES_SCHEMA", "cos_schema"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.write_side.host, "legacy", "a blank modern name falls through to the alias");
+        assert_eq!(config.write_side.port, 50051);
+        assert!(config.write_side.proto_validation);
+        assert_eq!(config.write_side.state_protos, ["bank.Account"]);
+        assert_eq!(config.write_side.event_protos, ["bank.Opened", "bank.Closed"]);
+        assert_eq!(config.write_side.propagated_headers, ["x-user"]);
+        assert_eq!(config.store.postgres.database, "cos");
+        assert_eq!(config.store.postgres.schema, "cos_schema");
+    }
+
+    #[test]
+    fn write_side_port_minus_one_is_unset() {
+        let file = toml_file("[write_side]\nport = 50051\n");
+        let config = load(Some(file.path()), &[("COS_WRITE_SIDE_PORT", "-1")]).unwrap();
+        assert_eq!(config.write_side.port, 0);
+        let config = load(Some(file.path()), &[("COS_WRITE_SIDE_PORT", "")]).unwrap();
+        assert_eq!(config.write_side.port, 50051, "blank = not given");
+    }
+
+    #[test]
+    fn csv_values_are_trimmed_deduplicated_and_ordered() {
+        assert_eq!(parse_csv(" b.B , a.A,,b.B, c.C ,"), ["b.B", "a.A", "c.C"]);
+        assert!(parse_csv("").is_empty());
+        assert!(parse_csv(" , ,").is_empty());
+        let config = load(None, &[("COS_WRITE_PERSISTED_HEADERS", "x-a, x-b ,x-a")]).unwrap();
+        assert_eq!(config.write_side.persisted_headers, ["x-a", "x-b"]);
+        let config = load(None, &[("COS_WRITE_SIDE_STATE_PROTOS", "")]).unwrap();
+        assert!(config.write_side.state_protos.is_empty());
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let err = load(None, &[("COS_PORT", "abc")]).unwrap_err();
+        assert_eq!(err.to_string(), r#"COS_PORT: expected an integer, got "abc""#);
+        let err = load(None, &[("COS_PORT", "70000")]).unwrap_err();
+        assert!(err.to_string().starts_with("COS_PORT: 70000 is out of range"), "{err}");
+        let err = load(None, &[("COS_DISABLE_SNAPSHOT", "yes")]).unwrap_err();
+        assert_eq!(err.to_string(), r#"COS_DISABLE_SNAPSHOT: expected true or false, got "yes""#);
+        let err = load(None, &[("LOG_STYLE", "pretty")]).unwrap_err();
+        assert!(err.to_string().starts_with("LOG_STYLE:"), "{err}");
+        let err = load(None, &[("HANDLER_SERVICE_PORT", "x")]).unwrap_err();
+        assert!(err.to_string().starts_with("HANDLER_SERVICE_PORT:"), "an alias is named as such: {err}");
+        let err = load(None, &[("REGENT_STORE_BACKEND", "mysql")]).unwrap_err();
+        assert_eq!(err, ConfigError::Env { var: "REGENT_STORE_BACKEND".into(), message: err_message(&err) });
+    }
+
+    fn err_message(err: &ConfigError) -> String {
+        match err {
+            ConfigError::Env { message, .. } => message.clone(),
+            other => panic!("not an env error: {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_toml_names_the_key() {
+        let file = toml_file("[server]\nprot = 9000\n");
+        let err = load(Some(file.path()), &[]).unwrap_err();
+        let ConfigError::Invalid { key, origin, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(key, "server.prot");
+        assert!(origin.as_deref().unwrap().ends_with(".toml"), "{err}");
+        assert!(err.to_string().starts_with("server.prot: unknown field"), "{err}");
+
+        let file = toml_file("[entities]\nnum_shards = \"many\"\n");
+        let err = load(Some(file.path()), &[]).unwrap_err();
+        assert!(err.to_string().starts_with("entities.num_shards (COS_NUM_SHARDS): invalid type"), "{err}");
+
+        let file = toml_file("colour = \"blue\"\n");
+        let err = load(Some(file.path()), &[]).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "colour"), "{err}");
+    }
+
+    #[test]
+    fn postgres_is_selected_by_cos_db_host() {
+        let config = load(None, &[("COS_DB_HOST", "db")]).unwrap();
+        assert_eq!(config.store.backend, Backend::Postgres);
+        assert_eq!(config.store.postgres.host, "db");
+        let config = load(None, &[("COS_POSTGRES_HOST", "db")]).unwrap();
+        assert_eq!(config.store.backend, Backend::Postgres, "the alias selects it too");
+
+        let config = load(None, &[("COS_DB_HOST", "db"), ("REGENT_STORE_BACKEND", "sqlite")]).unwrap();
+        assert_eq!(config.store.backend, Backend::Sqlite, "an explicit variable wins");
+        let file = toml_file("[store]\nbackend = \"sqlite\"\n");
+        let config = load(Some(file.path()), &[("COS_DB_HOST", "db")]).unwrap();
+        assert_eq!(config.store.backend, Backend::Sqlite, "an explicit file key wins");
+        let file = toml_file("[store.postgres]\nhost = \"db\"\n");
+        let config = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(config.store.backend, Backend::Sqlite, "only the environment selects");
+        let config = load(None, &[("COS_DB_HOST", "")]).unwrap();
+        assert_eq!(config.store.backend, Backend::Sqlite, "a blank host selects nothing");
+        let err = load(None, &[("COS_DB_HOST", ""), ("REGENT_STORE_BACKEND", "postgres")]).unwrap_err();
+        assert!(err.to_string().starts_with("store.postgres.host (COS_DB_HOST)"), "{err}");
+    }
+
+    #[test]
+    fn overrides_beat_env() {
+        let overrides = Overrides {
+            address: Some("127.0.0.1".into()),
+            port: Some(0),
+            data_dir: Some("/tmp/regent".into()),
+            backend: Some(Backend::Sqlite),
+            write_side_host: Some("handler".into()),
+            write_side_port: Some(50052),
+        };
+        let env = env_of(&[
+            ("COS_ADDRESS", "10.0.0.1"),
+            ("COS_PORT", "9200"),
+            ("REGENT_DATA_DIR", "/data"),
+            ("COS_DB_HOST", "db"),
+            ("COS_WRITE_SIDE_HOST", "env-handler"),
+            ("COS_WRITE_SIDE_PORT", "50051"),
+        ]);
+        let config = Config::load_with(None, &env, &overrides).unwrap();
+        assert_eq!(config.server.address, "127.0.0.1");
+        assert_eq!(config.server.port, 0);
+        assert_eq!(config.store.data_dir, PathBuf::from("/tmp/regent"));
+        assert_eq!(config.store.backend, Backend::Sqlite);
+        assert_eq!(config.write_side.host, "handler");
+        assert_eq!(config.write_side.port, 50052);
+        let config = Config::load_with(None, &env, &Overrides::default()).unwrap();
+        assert_eq!(config.server.port, 9200, "no override, env stands");
+    }
+
+    #[test]
+    fn validate_errors_name_keys() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("COS_NUM_SHARDS", "0", "entities.num_shards (COS_NUM_SHARDS): must be between 1 and 10000, got 0"),
+            ("COS_NUM_SHARDS", "10001", "entities.num_shards (COS_NUM_SHARDS)"),
+            (
+                "COS_COMMAND_HANDLER_TIMEOUT",
+                "301",
+                "entities.command_handler_timeout_secs (COS_COMMAND_HANDLER_TIMEOUT)",
+            ),
+            ("COS_NUM_SNAPSHOTS_TO_RETAIN", "0", "snapshots.retain (COS_NUM_SNAPSHOTS_TO_RETAIN)"),
+            ("COS_NUM_SNAPSHOTS_TO_RETAIN", "101", "snapshots.retain (COS_NUM_SNAPSHOTS_TO_RETAIN)"),
+            ("COS_SNAPSHOT_FREQUENCY", "0", "snapshots.frequency (COS_SNAPSHOT_FREQUENCY)"),
+            ("COS_DB_POOL_MAX_SIZE", "0", "store.postgres.pool_max_size (COS_DB_POOL_MAX_SIZE)"),
+            ("COS_GRPC_CLIENT_POOL_SIZE", "0", "write_side.pool_size (COS_GRPC_CLIENT_POOL_SIZE)"),
+            ("COS_GRPC_CALLS_TIMEOUT", "0", "write_side.calls_timeout_ms (COS_GRPC_CALLS_TIMEOUT)"),
+            ("REGENT_MAX_MESSAGE_BYTES", "1023", "server.max_message_bytes (REGENT_MAX_MESSAGE_BYTES)"),
+            ("COS_DB_SCHEMA", "my-schema", "store.postgres.schema (COS_DB_SCHEMA)"),
+            ("COS_DB_SCHEMA", "1abc", "store.postgres.schema (COS_DB_SCHEMA)"),
+            ("COS_SERVICE_NAME", "", "service_name (COS_SERVICE_NAME)"),
+        ];
+        for (var, value, expected) in cases {
+            let err = load(None, &[(var, value), ("REGENT_STORE_BACKEND", "postgres")]).unwrap_err();
+            assert!(matches!(err, ConfigError::Validation { .. }), "{var}={value}: {err:?}");
+            assert!(err.to_string().starts_with(expected), "{var}={value}: {err}");
+        }
+        for ok in ["_x", "Cos_2", &"a".repeat(63)] {
+            assert!(is_sql_identifier(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a;drop", "é", &"a".repeat(64)] {
+            assert!(!is_sql_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn write_side_endpoint_names_missing_variables() {
+        let mut config = Config::default();
+        let err = config.write_side_endpoint().unwrap_err();
+        assert!(err.to_string().starts_with("write_side.host (COS_WRITE_SIDE_HOST)"), "{err}");
+        config.write_side.host = "handler".into();
+        let err = config.write_side_endpoint().unwrap_err();
+        assert!(err.to_string().starts_with("write_side.port (COS_WRITE_SIDE_PORT)"), "{err}");
+        config.write_side.port = 50051;
+        assert_eq!(config.write_side_endpoint().unwrap(), "http://handler:50051");
+        config.write_side.use_tls = true;
+        config.write_side.host = "::1".into();
+        assert_eq!(config.write_side_endpoint().unwrap(), "https://[::1]:50051");
+    }
+
+    #[test]
+    fn dump_hides_the_password() {
+        let config = load(None, &[("COS_DB_PASSWORD", "s3cret-pw")]).unwrap();
+        let dump = config.to_toml();
+        assert!(!dump.contains("s3cret-pw"), "{dump}");
+        assert!(dump.contains(r#"password = "***""#), "{dump}");
+        assert!(!format!("{config:?}").contains("s3cret-pw"), "Debug hides it too");
+        // The dump is itself a valid config file.
+        let file = toml_file(&dump);
+        let reloaded = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(reloaded.store.postgres.password, "***");
+        assert_eq!(reloaded.server, config.server);
+    }
+
+    #[test]
+    fn ignored_variables_change_nothing() {
+        let pairs: Vec<(&str, &str)> = IGNORED_ENV_VARS.iter().map(|v| (*v, "whatever")).collect();
+        assert_eq!(load(None, &pairs).unwrap(), Config::default());
+        assert_eq!(load(None, &[("COS_DOCKER_SERVICE_NAME", "other")]).unwrap().service_name, "chiefofstate");
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/regent.example.toml");
+        assert_eq!(load(Some(&path), &[]).unwrap(), Config::default());
+        // Every key is written out (only store.backend is commented, see the file), with its default value.
+        let mut expected = toml::Value::try_from(Config::default()).unwrap();
+        expected["store"].as_table_mut().unwrap().remove("backend");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(toml::from_str::<toml::Value>(&text).unwrap(), expected);
+        assert!(text.contains("\n# backend = \"sqlite\"\n"));
+        // ... and documented with its environment variables.
+        for var in ENV_VARS {
+            for name in std::iter::once(&var.name).chain(var.aliases) {
+                assert!(text.contains(name), "{name} is not mentioned in the example file");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_an_env_mapping_or_is_toml_only() {
+        let keys = all_leaf_keys();
+        for key in &keys {
+            let mapped = ENV_VARS.iter().any(|v| v.key == key);
+            let toml_only = TOML_ONLY_KEYS.contains(&key.as_str());
+            assert!(mapped ^ toml_only, "{key}: needs exactly one of an ENV_VARS entry or a TOML_ONLY_KEYS entry");
+        }
+        for var in ENV_VARS {
+            assert!(keys.iter().any(|k| k == var.key), "{} maps to unknown key {}", var.name, var.key);
+        }
+        let mut names: Vec<&str> =
+            ENV_VARS.iter().flat_map(|v| std::iter::once(v.name).chain(v.aliases.iter().copied())).collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "an environment variable is mapped twice");
+    }
+
+    #[test]
+    fn reference_doc_lists_every_key_and_variable() {
+        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md")).unwrap();
+        for key in all_leaf_keys() {
+            assert!(doc.contains(&format!("| `{key}` |")), "{key} is missing from docs/configuration.md");
+        }
+        for var in ENV_VARS {
+            for name in std::iter::once(&var.name).chain(var.aliases) {
+                assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
+            }
+        }
+        for name in IGNORED_ENV_VARS {
+            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
+        }
     }
 }
