@@ -330,6 +330,42 @@ mod postgres_only {
         assert_eq!(backend.open().await.read_events("a", 0).await.unwrap(), events("a", 1..=2));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_connections_are_unavailable_then_replaced() {
+        let config = pg::config();
+        let store = Backend::Postgres(config.clone()).open().await;
+        store.append("a", 1, &events("a", 1..=1)).await.unwrap();
+
+        // Kill this store's sessions (and only them) from another connection, as a server restart would.
+        let url = std::env::var(pg::DATABASE_URL_VAR).unwrap();
+        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("regent:{}", config.schema)],
+            )
+            .await
+            .unwrap();
+        assert!(killed >= 1, "the store had a session open");
+
+        // A call may see the lost session (Unavailable, never Backend); the pool then opens a new one.
+        let mut recovered = false;
+        for _ in 0..10 {
+            match store.highest_revision("a").await {
+                Ok(revision) => {
+                    assert_eq!(revision, 1);
+                    recovered = true;
+                    break;
+                }
+                Err(Error::Unavailable(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(other) => panic!("a lost connection must be Unavailable, got {other:?}"),
+            }
+        }
+        assert!(recovered, "the store reconnects after losing its sessions");
+        store.append("a", 1, &events("a", 2..=2)).await.unwrap();
+    }
+
     #[tokio::test]
     async fn unreachable_server_is_unavailable() {
         // Port 1 on the loopback: nothing listens there, so the connection is refused at once.

@@ -70,6 +70,10 @@ pub trait Journal: Send + Sync + 'static {
     async fn highest_revision(&self, entity_id: &str) -> Result<u64>;
 
     /// Deletes the entity's events with a revision up to and including `revision` (journal compaction).
+    ///
+    /// Conflicts are detected on stored rows only: once every event of an entity is deleted,
+    /// [`highest_revision`](Journal::highest_revision) returns 0 and those revisions could be appended again. Callers
+    /// take the higher of it and the latest snapshot's revision, and compact only up to a snapshot they keep.
     async fn delete_events_up_to(&self, entity_id: &str, revision: u64) -> Result<()>;
 }
 

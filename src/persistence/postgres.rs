@@ -86,7 +86,8 @@ fn build_pool(config: &PostgresConfig) -> Result<Pool> {
         .port(config.port)
         .user(&config.user)
         .dbname(&config.database)
-        .application_name("regent")
+        // Tells an operator (and the tests) which schema a session serves; the server truncates it to 63 bytes.
+        .application_name(format!("regent:{}", config.schema))
         .connect_timeout(CONNECT_TIMEOUT)
         // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
         .options(format!("-c search_path=\"{}\"", config.schema));
