@@ -8,6 +8,7 @@
 //! exactly as Chief of State stores them. Both backends record the number of shards at first boot and refuse to
 //! open with a different one. Both pass the same conformance suite (`tests/persistence_conformance.rs`).
 
+mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
@@ -69,6 +70,10 @@ pub trait Journal: Send + Sync + 'static {
     async fn highest_revision(&self, entity_id: &str) -> Result<u64>;
 
     /// Deletes the entity's events with a revision up to and including `revision` (journal compaction).
+    ///
+    /// Conflicts are detected on stored rows only: once every event of an entity is deleted,
+    /// [`highest_revision`](Journal::highest_revision) returns 0 and those revisions could be appended again. Callers
+    /// take the higher of it and the latest snapshot's revision, and compact only up to a snapshot they keep.
     async fn delete_events_up_to(&self, entity_id: &str, revision: u64) -> Result<()>;
 }
 
@@ -90,6 +95,30 @@ pub trait SnapshotStore: Send + Sync + 'static {
 pub trait Store: Journal + SnapshotStore {}
 
 impl<T: Journal + SnapshotStore> Store for T {}
+
+/// The current time in epoch milliseconds, as stored in `written_at` columns.
+fn now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A revision as the signed 64-bit integer both databases store.
+fn revision_to_sql(revision: u64) -> Result<i64> {
+    i64::try_from(revision).map_err(|_| Error::Backend(format!("revision {revision} is out of the storable range")))
+}
+
+/// A stored revision back as a `u64` (the columns never hold negative values).
+fn revision_from_sql(revision: i64) -> Result<u64> {
+    u64::try_from(revision).map_err(|_| Error::Backend(format!("stored revision {revision} is negative")))
+}
+
+/// The message of [`Error::Misconfigured`] when a database was initialised with another number of shards.
+fn shard_count_mismatch(stored: &str, configured: u32) -> Error {
+    Error::Misconfigured(format!(
+        "the database was initialised with {stored} shards but {configured} are configured: \
+         the shard count is fixed for the life of a database"
+    ))
+}
 
 /// Opens (creating and migrating as needed) the configured backend, checking the recorded number of shards.
 pub async fn open(config: &StoreConfig, num_shards: u32) -> Result<Arc<dyn Store>> {

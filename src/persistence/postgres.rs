@@ -1,35 +1,427 @@
-//! PostgreSQL backend (to be written).
+//! PostgreSQL backend: the production store, shared by every node of a cluster.
+//!
+//! Connections come from a deadpool-postgres pool whose connections all run with `search_path` set to the
+//! configured schema, so the SQL below never names a schema. On open the store creates the schema if missing,
+//! applies the numbered migrations of `migrations/postgres/` (serialised between nodes by an advisory lock), and
+//! checks the number of shards recorded at first boot.
+//!
+//! Every query is a prepared statement cached per connection (`prepare_cached`); an append is one multi-row
+//! `INSERT ... SELECT FROM unnest(...)`, hence one round trip and one transaction whatever the number of events.
+//! Failures are classified in one place, [`map_error`].
+
+use deadpool_postgres::{
+    HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts, tokio_postgres,
+};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::migrations::{self, Migration};
 use super::*;
-pub struct PostgresStore;
-impl PostgresStore {
-    pub async fn open(_c: &crate::config::PostgresConfig, _n: u32) -> Result<Self> {
-        todo!()
+use crate::config::PostgresConfig;
+
+/// How long opening a new connection may take, and how long a caller waits for a free pooled connection, before
+/// the store reports itself [`Error::Unavailable`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First key of the advisory lock that serialises migrations (the second is the hashed schema name), so that two
+/// nodes booting at once do not both migrate the same schema.
+const MIGRATION_LOCK_CLASS: i32 = 0x5245_4745; // "REGE"
+
+/// The journal and snapshots in PostgreSQL.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("pool", &self.pool.status()).finish()
     }
 }
+
+impl PostgresStore {
+    /// Connects, creates the schema if missing, applies pending migrations and checks that the database was
+    /// initialised with `num_shards` shards (recording it on first boot).
+    ///
+    /// The pool holds at most `pool_max_size` connections; a connection idle for longer than
+    /// `pool_idle_timeout_ms` or older than `pool_max_lifetime_ms` is closed (0 disables either limit). deadpool
+    /// keeps no minimum of idle connections, so `pool_min_idle` is not used: connections open on demand.
+    pub async fn open(config: &PostgresConfig, num_shards: u32) -> Result<Self> {
+        validate_identifier(&config.schema)?;
+        let pool = build_pool(config)?;
+        let mut client = pool.get().await.map_err(map_error)?;
+        migrate(&mut client, &config.schema).await?;
+        check_num_shards(&client, num_shards).await?;
+        drop(client);
+        spawn_reaper(&pool, config);
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(map_error)
+    }
+}
+
+/// Accepts only a plain SQL identifier (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`), the one piece of configuration that is
+/// spliced into SQL text.
+fn validate_identifier(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid_start && valid_rest && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(Error::Misconfigured(format!(
+            "schema {name:?} is not a plain SQL identifier (a letter or underscore, then up to 62 letters, digits or \
+             underscores)"
+        )))
+    }
+}
+
+fn build_pool(config: &PostgresConfig) -> Result<Pool> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&config.host)
+        .port(config.port)
+        .user(&config.user)
+        .dbname(&config.database)
+        // Tells an operator (and the tests) which schema a session serves; the server truncates it to 63 bytes.
+        .application_name(format!("regent:{}", config.schema))
+        .connect_timeout(CONNECT_TIMEOUT)
+        // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
+        .options(format!("-c search_path=\"{}\"", config.schema));
+    if !config.password.is_empty() {
+        pg.password(&config.password);
+    }
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let limits = ConnectionLimits::new(config);
+    Pool::builder(manager)
+        .max_size(config.pool_max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(POOL_WAIT_TIMEOUT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        })
+        .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+            if limits.expired(*metrics) {
+                Err(HookError::message("connection exceeded its idle timeout or lifetime"))
+            } else {
+                Ok(())
+            }
+        }))
+        .build()
+        .map_err(|e| Error::Misconfigured(format!("cannot build the PostgreSQL pool: {e}")))
+}
+
+/// The pool's idle timeout and maximum lifetime, which deadpool enforces through hooks rather than settings.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    idle: Option<Duration>,
+    lifetime: Option<Duration>,
+}
+
+impl ConnectionLimits {
+    fn new(config: &PostgresConfig) -> Self {
+        let limit = |ms| (ms > 0).then(|| Duration::from_millis(ms));
+        Self { idle: limit(config.pool_idle_timeout_ms), lifetime: limit(config.pool_max_lifetime_ms) }
+    }
+
+    fn expired(&self, metrics: deadpool_postgres::Metrics) -> bool {
+        self.idle.is_some_and(|idle| metrics.last_used() >= idle)
+            || self.lifetime.is_some_and(|lifetime| metrics.age() >= lifetime)
+    }
+}
+
+/// Closes idle or too old connections in the background (the `pre_recycle` hook only catches them when they are
+/// next handed out). Stops when the store is dropped.
+fn spawn_reaper(pool: &Pool, config: &PostgresConfig) {
+    let limits = ConnectionLimits::new(config);
+    let Some(period) = [limits.idle, limits.lifetime].into_iter().flatten().min() else { return };
+    let weak = pool.weak();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval((period / 2).max(Duration::from_millis(100)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            pool.retain(|_, metrics| !limits.expired(metrics));
+        }
+    });
+}
+
+/// Creates the schema and applies the pending migrations, each in its own transaction holding the migration lock.
+async fn migrate(client: &mut deadpool_postgres::Client, schema: &str) -> Result<()> {
+    const LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+    let tx = client.transaction().await.map_err(map_error)?;
+    tx.execute(LOCK, &[&MIGRATION_LOCK_CLASS, &schema]).await.map_err(map_error)?;
+    // Checked first: `CREATE SCHEMA IF NOT EXISTS` requires the CREATE privilege even when the schema exists.
+    let exists = tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await.map_err(map_error)?;
+    if exists.is_none() {
+        tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\"")).await.map_err(map_error)?;
+    }
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".regent_migrations (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    ))
+    .await
+    .map_err(map_error)?;
+    tx.commit().await.map_err(map_error)?;
+
+    for Migration { version, name, sql } in migrations::POSTGRES.iter().copied() {
+        let tx = client.transaction().await.map_err(map_error)?;
+        tx.execute(LOCK, &[&MIGRATION_LOCK_CLASS, &schema]).await.map_err(map_error)?;
+        let applied = tx
+            .query_opt("SELECT 1 FROM regent_migrations WHERE version = $1", &[&version])
+            .await
+            .map_err(map_error)?
+            .is_some();
+        if applied {
+            continue; // the transaction rolls back on drop, releasing the lock
+        }
+        tx.batch_execute(sql).await.map_err(|e| migration_error(name, e))?;
+        tx.execute("INSERT INTO regent_migrations (version, applied_at) VALUES ($1, $2)", &[&version, &now_millis()])
+            .await
+            .map_err(map_error)?;
+        tx.commit().await.map_err(map_error)?;
+        tracing::info!(migration = name, schema, "applied postgres migration");
+    }
+    Ok(())
+}
+
+fn migration_error(name: &str, err: tokio_postgres::Error) -> Error {
+    match map_error(err) {
+        Error::Backend(msg) => Error::Backend(format!("migration {name} failed: {msg}")),
+        other => other,
+    }
+}
+
+/// Records `num_shards` on first boot, then fails unless the recorded number is `num_shards`.
+async fn check_num_shards(client: &deadpool_postgres::Client, num_shards: u32) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO regent_settings (key, value) VALUES ('num_shards', $1) ON CONFLICT (key) DO NOTHING",
+            &[&num_shards.to_string()],
+        )
+        .await
+        .map_err(map_error)?;
+    let row =
+        client.query_one("SELECT value FROM regent_settings WHERE key = 'num_shards'", &[]).await.map_err(map_error)?;
+    let stored: String = row.get(0);
+    if stored == num_shards.to_string() { Ok(()) } else { Err(shard_count_mismatch(&stored, num_shards)) }
+}
+
+/// A failure of the pool or of PostgreSQL, before classification.
+#[derive(Debug)]
+enum Failure {
+    Pool(PoolError),
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<PoolError> for Failure {
+    fn from(err: PoolError) -> Self {
+        Self::Pool(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Postgres(err)
+    }
+}
+
+/// The one classification of PostgreSQL failures: lost or refused connections, an exhausted pool and a server
+/// shutting down are [`Error::Unavailable`]; everything else is [`Error::Backend`]. (A unique violation on the
+/// journal's key is turned into [`Error::Conflict`] by [`map_write_error`], which knows the write.)
+fn map_error(err: impl Into<Failure>) -> Error {
+    let err = match err.into() {
+        Failure::Pool(PoolError::Backend(err)) => err,
+        Failure::Pool(PoolError::Timeout(kind)) => {
+            return Error::Unavailable(format!("PostgreSQL pool timed out ({kind:?})"));
+        }
+        Failure::Pool(PoolError::Closed) => return Error::Unavailable("PostgreSQL pool is closed".into()),
+        Failure::Pool(err @ PoolError::PostCreateHook(_)) => return Error::Unavailable(err.to_string()),
+        Failure::Pool(err @ PoolError::NoRuntimeSpecified) => return Error::Backend(err.to_string()),
+        Failure::Postgres(err) => err,
+    };
+    let message = postgres_message(&err);
+    match err.code() {
+        Some(code) if is_unavailable(code) => Error::Unavailable(message),
+        Some(_) => Error::Backend(message),
+        None => {
+            use std::error::Error as _;
+            let io = err.source().is_some_and(|source| source.is::<std::io::Error>());
+            // A connect timeout is a tokio-postgres error with neither SQLSTATE nor source.
+            let timeout = err.source().is_none() && message.contains("timeout");
+            if err.is_closed() || io || timeout { Error::Unavailable(message) } else { Error::Backend(message) }
+        }
+    }
+}
+
+/// Like [`map_error`], but a unique violation means another writer stored `revision` of `entity_id` first.
+fn map_write_error(err: tokio_postgres::Error, entity_id: &str, revision: u64) -> Error {
+    if err.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        Error::Conflict { entity_id: entity_id.to_owned(), revision }
+    } else {
+        map_error(err)
+    }
+}
+
+/// SQLSTATE class 08 (connection exception), 57P01..57P03 (admin/crash shutdown, cannot connect now) and 53300
+/// (too many connections).
+fn is_unavailable(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code)
+}
+
+/// The server's message with its SQLSTATE, or the client error's.
+fn postgres_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
 #[async_trait]
 impl Journal for PostgresStore {
-    async fn append(&self, _: &str, _: u32, _: &[PersistedEvent]) -> Result<()> {
-        todo!()
+    async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
+        let Some(first) = events.first() else { return Ok(()) };
+        let shard = i32::try_from(shard).map_err(|_| Error::Backend(format!("shard {shard} is out of range")))?;
+        let revisions = events.iter().map(|e| revision_to_sql(e.revision)).collect::<Result<Vec<_>>>()?;
+        let payloads = events.iter().map(|e| e.payload.as_ref()).collect::<Vec<&[u8]>>();
+        let client = self.client().await?;
+        // One statement, so one implicit transaction: all the events or none.
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
+                 SELECT $1, e.revision, $2, $3, e.payload FROM unnest($4::BIGINT[], $5::BYTEA[]) AS e(revision, payload)",
+            )
+            .await
+            .map_err(map_error)?;
+        client
+            .execute(&insert, &[&entity_id, &shard, &now_millis(), &revisions, &payloads])
+            .await
+            .map_err(|e| map_write_error(e, entity_id, first.revision))?;
+        Ok(())
     }
-    async fn read_events(&self, _: &str, _: u64) -> Result<Vec<PersistedEvent>> {
-        todo!()
+
+    async fn read_events(&self, entity_id: &str, after_revision: u64) -> Result<Vec<PersistedEvent>> {
+        let after = revision_to_sql(after_revision)?;
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT revision, payload FROM journal WHERE entity_id = $1 AND revision > $2 ORDER BY revision",
+            )
+            .await
+            .map_err(map_error)?;
+        let rows = client.query(&select, &[&entity_id, &after]).await.map_err(map_error)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(PersistedEvent {
+                    revision: revision_from_sql(row.try_get(0).map_err(map_error)?)?,
+                    payload: Bytes::from(row.try_get::<_, Vec<u8>>(1).map_err(map_error)?),
+                })
+            })
+            .collect()
     }
-    async fn highest_revision(&self, _: &str) -> Result<u64> {
-        todo!()
+
+    async fn highest_revision(&self, entity_id: &str) -> Result<u64> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM journal WHERE entity_id = $1")
+            .await
+            .map_err(map_error)?;
+        let row = client.query_one(&select, &[&entity_id]).await.map_err(map_error)?;
+        revision_from_sql(row.try_get(0).map_err(map_error)?)
     }
-    async fn delete_events_up_to(&self, _: &str, _: u64) -> Result<()> {
-        todo!()
+
+    async fn delete_events_up_to(&self, entity_id: &str, revision: u64) -> Result<()> {
+        let up_to = revision_to_sql(revision)?;
+        let client = self.client().await?;
+        let delete = client
+            .prepare_cached("DELETE FROM journal WHERE entity_id = $1 AND revision <= $2")
+            .await
+            .map_err(map_error)?;
+        client.execute(&delete, &[&entity_id, &up_to]).await.map_err(map_error)?;
+        Ok(())
     }
 }
+
 #[async_trait]
 impl SnapshotStore for PostgresStore {
-    async fn save_snapshot(&self, _: &str, _: &Snapshot) -> Result<()> {
-        todo!()
+    async fn save_snapshot(&self, entity_id: &str, snapshot: &Snapshot) -> Result<()> {
+        let revision = revision_to_sql(snapshot.revision)?;
+        let client = self.client().await?;
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO snapshots (entity_id, revision, written_at, payload) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (entity_id, revision) DO UPDATE SET written_at = EXCLUDED.written_at, payload = EXCLUDED.payload",
+            )
+            .await
+            .map_err(map_error)?;
+        client
+            .execute(&upsert, &[&entity_id, &revision, &now_millis(), &snapshot.payload.as_ref()])
+            .await
+            .map_err(map_error)?;
+        Ok(())
     }
-    async fn latest_snapshot(&self, _: &str) -> Result<Option<Snapshot>> {
-        todo!()
+
+    async fn latest_snapshot(&self, entity_id: &str) -> Result<Option<Snapshot>> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT revision, payload FROM snapshots WHERE entity_id = $1 ORDER BY revision DESC LIMIT 1",
+            )
+            .await
+            .map_err(map_error)?;
+        let Some(row) = client.query_opt(&select, &[&entity_id]).await.map_err(map_error)? else { return Ok(None) };
+        Ok(Some(Snapshot {
+            revision: revision_from_sql(row.try_get(0).map_err(map_error)?)?,
+            payload: Bytes::from(row.try_get::<_, Vec<u8>>(1).map_err(map_error)?),
+        }))
     }
-    async fn retain_snapshots(&self, _: &str, _: usize) -> Result<Option<u64>> {
-        todo!()
+
+    async fn retain_snapshots(&self, entity_id: &str, keep: usize) -> Result<Option<u64>> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        // One statement: the DELETE in the WITH clause runs even though the outer query does not read it.
+        let retain = client
+            .prepare_cached(
+                "WITH kept AS ( \
+                     SELECT revision FROM snapshots WHERE entity_id = $1 ORDER BY revision DESC LIMIT $2 \
+                 ), deleted AS ( \
+                     DELETE FROM snapshots WHERE entity_id = $1 AND revision NOT IN (SELECT revision FROM kept) \
+                 ) \
+                 SELECT MIN(revision) FROM kept",
+            )
+            .await
+            .map_err(map_error)?;
+        let row = client.query_one(&retain, &[&entity_id, &keep]).await.map_err(map_error)?;
+        row.try_get::<_, Option<i64>>(0).map_err(map_error)?.map(revision_from_sql).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_identifiers_are_accepted() {
+        for name in ["public", "regent", "_x", "Regent_2", &"a".repeat(63)] {
+            assert!(validate_identifier(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_rejected() {
+        for name in ["", "1abc", "bad;drop", "a b", "a\"b", "a-b", "é", &"a".repeat(64)] {
+            assert!(matches!(validate_identifier(name), Err(Error::Misconfigured(_))), "{name}");
+        }
     }
 }

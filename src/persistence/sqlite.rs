@@ -1,35 +1,278 @@
-//! SQLite backend (to be written).
+//! SQLite backend: an embedded file, `<data_dir>/regent.db`, so that a node runs with no database server.
+//!
+//! One connection, in WAL mode with `synchronous=FULL` (a commit is on disk before the call returns), behind an
+//! async mutex. Each operation takes the mutex without blocking the runtime, then runs on tokio's blocking pool
+//! (`spawn_blocking`). The schema is the same as PostgreSQL's, applied by the numbered migrations of
+//! `migrations/sqlite/`, and failures are classified in one place, [`map_error`].
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, ffi, params};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+use super::migrations::{self, Migration};
 use super::*;
-pub struct SqliteStore;
+
+/// The database file's name inside the data directory.
+pub const FILE_NAME: &str = "regent.db";
+
+/// How long a statement waits for another process's lock on the file before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The journal and snapshots in an embedded SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
 impl SqliteStore {
-    pub async fn open(_d: &std::path::Path, _n: u32) -> Result<Self> {
-        todo!()
+    /// Creates `data_dir` and its database file if missing, applies pending migrations and checks that the
+    /// database was initialised with `num_shards` shards (recording it on first boot).
+    pub async fn open(data_dir: &Path, num_shards: u32) -> Result<Self> {
+        let data_dir = data_dir.to_owned();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&data_dir, num_shards))
+            .await
+            .map_err(|e| Error::Backend(format!("sqlite open task failed: {e}")))??;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `op` on the connection, on the blocking pool.
+    async fn with_conn<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let mut conn = self.conn.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || op(&mut conn))
+            .await
+            .map_err(|e| Error::Backend(format!("sqlite task failed: {e}")))?
     }
 }
+
+fn open_blocking(data_dir: &Path, num_shards: u32) -> Result<Connection> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::Misconfigured(format!("cannot create the data directory {}: {e}", data_dir.display())))?;
+    let path = data_dir.join(FILE_NAME);
+    let mut conn = Connection::open(&path).map_err(map_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(map_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Misconfigured(format!("{} cannot use WAL journaling (got {mode})", path.display())));
+    }
+    conn.pragma_update(None, "synchronous", "FULL").map_err(map_error)?;
+    migrate(&mut conn)?;
+    check_num_shards(&mut conn, num_shards)?;
+    Ok(conn)
+}
+
+/// Applies the pending migrations, each in its own `BEGIN IMMEDIATE` transaction, which holds the file's write
+/// lock so that two processes opening the same file do not both migrate it.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS regent_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(map_error)?;
+    for Migration { version, name, sql } in migrations::SQLITE.iter().copied() {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+        let applied = tx
+            .query_row("SELECT 1 FROM regent_migrations WHERE version = ?1", [version], |_| Ok(()))
+            .optional()
+            .map_err(map_error)?
+            .is_some();
+        if applied {
+            continue; // the transaction rolls back on drop
+        }
+        tx.execute_batch(sql).map_err(|e| match map_error(e) {
+            Error::Backend(msg) => Error::Backend(format!("migration {name} failed: {msg}")),
+            other => other,
+        })?;
+        tx.execute(
+            "INSERT INTO regent_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, now_millis()],
+        )
+        .map_err(map_error)?;
+        tx.commit().map_err(map_error)?;
+        tracing::info!(migration = name, "applied sqlite migration");
+    }
+    Ok(())
+}
+
+/// Records `num_shards` on first boot, then fails unless the recorded number is `num_shards`.
+fn check_num_shards(conn: &mut Connection, num_shards: u32) -> Result<()> {
+    conn.execute(
+        "INSERT INTO regent_settings (key, value) VALUES ('num_shards', ?1) ON CONFLICT (key) DO NOTHING",
+        [num_shards.to_string()],
+    )
+    .map_err(map_error)?;
+    let stored: String = conn
+        .query_row("SELECT value FROM regent_settings WHERE key = 'num_shards'", [], |row| row.get(0))
+        .map_err(map_error)?;
+    if stored == num_shards.to_string() { Ok(()) } else { Err(shard_count_mismatch(&stored, num_shards)) }
+}
+
+/// The one classification of SQLite failures: a file locked by another process for longer than the busy timeout,
+/// or a file that cannot be opened, is [`Error::Unavailable`]; everything else is [`Error::Backend`]. (A
+/// uniqueness violation on the journal's key is turned into [`Error::Conflict`] by [`map_write_error`].)
+fn map_error(err: rusqlite::Error) -> Error {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
+            Error::Unavailable(format!("sqlite: {err}"))
+        }
+        _ => Error::Backend(format!("sqlite: {err}")),
+    }
+}
+
+/// Like [`map_error`], but a primary-key or unique violation means `revision` of `entity_id` is already stored.
+fn map_write_error(err: rusqlite::Error, entity_id: &str, revision: u64) -> Error {
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || e.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            Error::Conflict { entity_id: entity_id.to_owned(), revision }
+        }
+        _ => map_error(err),
+    }
+}
+
 #[async_trait]
 impl Journal for SqliteStore {
-    async fn append(&self, _: &str, _: u32, _: &[PersistedEvent]) -> Result<()> {
-        todo!()
+    async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
+        let Some(first) = events.first() else { return Ok(()) };
+        let first = first.revision;
+        let entity_id = entity_id.to_owned();
+        let rows = events
+            .iter()
+            .map(|e| Ok((revision_to_sql(e.revision)?, e.payload.clone())))
+            .collect::<Result<Vec<(i64, Bytes)>>>()?;
+        self.with_conn(move |conn| {
+            let conflict = |e| map_write_error(e, &entity_id, first);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(map_error)?;
+                let written_at = now_millis();
+                for (revision, payload) in &rows {
+                    insert
+                        .execute(params![entity_id, revision, shard, written_at, payload.as_ref()])
+                        .map_err(conflict)?;
+                }
+            }
+            tx.commit().map_err(map_error)
+        })
+        .await
     }
-    async fn read_events(&self, _: &str, _: u64) -> Result<Vec<PersistedEvent>> {
-        todo!()
+
+    async fn read_events(&self, entity_id: &str, after_revision: u64) -> Result<Vec<PersistedEvent>> {
+        let entity_id = entity_id.to_owned();
+        let after = revision_to_sql(after_revision)?;
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT revision, payload FROM journal WHERE entity_id = ?1 AND revision > ?2 ORDER BY revision",
+                )
+                .map_err(map_error)?;
+            let rows = select
+                .query_map(params![entity_id, after], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .map_err(map_error)?;
+            rows.map(|row| {
+                let (revision, payload) = row.map_err(map_error)?;
+                Ok(PersistedEvent { revision: revision_from_sql(revision)?, payload: Bytes::from(payload) })
+            })
+            .collect()
+        })
+        .await
     }
-    async fn highest_revision(&self, _: &str) -> Result<u64> {
-        todo!()
+
+    async fn highest_revision(&self, entity_id: &str) -> Result<u64> {
+        let entity_id = entity_id.to_owned();
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM journal WHERE entity_id = ?1")
+                .map_err(map_error)?;
+            revision_from_sql(select.query_row([entity_id], |row| row.get(0)).map_err(map_error)?)
+        })
+        .await
     }
-    async fn delete_events_up_to(&self, _: &str, _: u64) -> Result<()> {
-        todo!()
+
+    async fn delete_events_up_to(&self, entity_id: &str, revision: u64) -> Result<()> {
+        let entity_id = entity_id.to_owned();
+        let up_to = revision_to_sql(revision)?;
+        self.with_conn(move |conn| {
+            let mut delete = conn
+                .prepare_cached("DELETE FROM journal WHERE entity_id = ?1 AND revision <= ?2")
+                .map_err(map_error)?;
+            delete.execute(params![entity_id, up_to]).map_err(map_error)?;
+            Ok(())
+        })
+        .await
     }
 }
+
 #[async_trait]
 impl SnapshotStore for SqliteStore {
-    async fn save_snapshot(&self, _: &str, _: &Snapshot) -> Result<()> {
-        todo!()
+    async fn save_snapshot(&self, entity_id: &str, snapshot: &Snapshot) -> Result<()> {
+        let entity_id = entity_id.to_owned();
+        let revision = revision_to_sql(snapshot.revision)?;
+        let payload = snapshot.payload.clone();
+        self.with_conn(move |conn| {
+            let mut upsert = conn
+                .prepare_cached(
+                    "INSERT INTO snapshots (entity_id, revision, written_at, payload) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (entity_id, revision) \
+                     DO UPDATE SET written_at = excluded.written_at, payload = excluded.payload",
+                )
+                .map_err(map_error)?;
+            upsert.execute(params![entity_id, revision, now_millis(), payload.as_ref()]).map_err(map_error)?;
+            Ok(())
+        })
+        .await
     }
-    async fn latest_snapshot(&self, _: &str) -> Result<Option<Snapshot>> {
-        todo!()
+
+    async fn latest_snapshot(&self, entity_id: &str) -> Result<Option<Snapshot>> {
+        let entity_id = entity_id.to_owned();
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT revision, payload FROM snapshots WHERE entity_id = ?1 ORDER BY revision DESC LIMIT 1",
+                )
+                .map_err(map_error)?;
+            let row = select
+                .query_row([entity_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .optional()
+                .map_err(map_error)?;
+            row.map(|(revision, payload)| {
+                Ok(Snapshot { revision: revision_from_sql(revision)?, payload: Bytes::from(payload) })
+            })
+            .transpose()
+        })
+        .await
     }
-    async fn retain_snapshots(&self, _: &str, _: usize) -> Result<Option<u64>> {
-        todo!()
+
+    async fn retain_snapshots(&self, entity_id: &str, keep: usize) -> Result<Option<u64>> {
+        let entity_id = entity_id.to_owned();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+            let oldest_kept: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT MIN(revision) FROM \
+                     (SELECT revision FROM snapshots WHERE entity_id = ?1 ORDER BY revision DESC LIMIT ?2)",
+                )
+                .and_then(|mut select| select.query_row(params![entity_id, keep], |row| row.get(0)))
+                .map_err(map_error)?;
+            // With nothing kept (keep = 0 or no snapshot), ?2 is NULL and every snapshot of the entity goes.
+            tx.prepare_cached("DELETE FROM snapshots WHERE entity_id = ?1 AND (?2 IS NULL OR revision < ?2)")
+                .and_then(|mut delete| delete.execute(params![entity_id, oldest_kept]))
+                .map_err(map_error)?;
+            tx.commit().map_err(map_error)?;
+            oldest_kept.map(revision_from_sql).transpose()
+        })
+        .await
     }
 }
