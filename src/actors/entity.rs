@@ -232,7 +232,12 @@ impl EntityState {
             store.save_snapshot(&self.entity_id, &snapshot).await?;
             let oldest_kept = store.retain_snapshots(&self.entity_id, self.settings.snapshots.retain as usize).await?;
             if let (true, Some(oldest)) = (self.settings.snapshots.delete_events, oldest_kept) {
-                store.delete_events_up_to(&self.entity_id, oldest).await?;
+                // Keep the newest event row: the journal's unique key is what stops a stale writer from
+                // appending a revision again, and it can only see rows that are still there.
+                let up_to = oldest.min(revision.saturating_sub(1));
+                if up_to > 0 {
+                    store.delete_events_up_to(&self.entity_id, up_to).await?;
+                }
             }
             Ok::<_, crate::persistence::Error>(())
         }
