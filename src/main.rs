@@ -145,5 +145,8 @@ async fn get_state(args: GetStateArgs) -> anyhow::Result<()> {
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    match status.message() {
+        "" => anyhow::anyhow!("{:?}", status.code()),
+        message => anyhow::anyhow!("{:?}: {message}", status.code()),
+    }
 }

@@ -46,7 +46,7 @@ pub struct EntityActor;
 
 pub enum EntityMessage {
     /// Process one command.
-    Command { command: CommandEnvelope, reply: RpcReplyPort<EntityReply> },
+    Command { command: Box<CommandEnvelope>, reply: RpcReplyPort<EntityReply> },
     /// The current state (`NOT_FOUND` while the entity has no event).
     GetState { reply: RpcReplyPort<EntityReply> },
     /// Stop once the messages already queued are processed (sent by the shard).
@@ -132,7 +132,7 @@ impl EntityState {
     }
 
     /// Runs one command; on success returns the new state and whether a snapshot is due.
-    async fn process(&mut self, command: CommandEnvelope) -> Result<(StateWrapper, bool), CommandError> {
+    async fn process(&mut self, command: Box<CommandEnvelope>) -> Result<(StateWrapper, bool), CommandError> {
         let prior = self.recovered().await?.clone();
         let settings = self.settings.clone();
         let write_side = &settings.write_side;

@@ -69,11 +69,11 @@ impl ChiefOfStateService for ChiefOfState {
     ) -> Result<Response<ProcessCommandResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
         let entity_id = entity_id_of(body.entity_id)?;
-        let command = CommandEnvelope {
+        let command = Box::new(CommandEnvelope {
             command: body.command.unwrap_or_default(),
             propagated_headers: headers::propagated(&metadata, &self.write_side.propagated_headers),
             persisted_headers: headers::persisted(&metadata, &self.write_side.persisted_headers),
-        };
+        });
         let span = info_span!("process_command", entity_id = %entity_id);
         let state = self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).instrument(span).await?;
         Ok(Response::new(ProcessCommandResponse { state: state.state, meta: state.meta }))
