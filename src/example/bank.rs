@@ -128,6 +128,7 @@ pub async fn bind<F: Future<Output = ()> + Send + 'static>(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .add_service(WriteSideHandlerServiceServer::new(BankHandler))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     Ok((local, serve))

@@ -56,7 +56,14 @@ impl ChiefOfState {
 }
 
 fn entity_id_of(entity_id: String) -> Result<String, Status> {
-    if entity_id.is_empty() { Err(Status::invalid_argument("empty entity ID")) } else { Ok(entity_id) }
+    if entity_id.is_empty() {
+        Err(Status::invalid_argument("empty entity ID"))
+    } else if entity_id.contains('\0') {
+        // PostgreSQL text cannot hold NUL: refuse before the handler runs rather than fail after it.
+        Err(Status::invalid_argument("entity ID must not contain NUL characters"))
+    } else {
+        Ok(entity_id)
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -87,12 +87,21 @@ impl WriteHandler {
         method: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
         match tokio::time::timeout(self.inner.timeout, call).await {
+            // tonic enforces the `grpc-timeout` it sends and reports it as CANCELLED "Timeout expired".
+            Ok(Err(status)) if status.code() == tonic::Code::Cancelled && started.elapsed() >= self.inner.timeout => {
+                Err(self.deadline_exceeded(method))
+            }
             Ok(reply) => reply.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "write handler {method} did not answer within {} ms (COS_GRPC_CALLS_TIMEOUT)",
-                self.inner.timeout.as_millis()
-            ))),
+            Err(_) => Err(self.deadline_exceeded(method)),
         }
+    }
+
+    fn deadline_exceeded(&self, method: &str) -> Status {
+        Status::deadline_exceeded(format!(
+            "write handler {method} did not answer within {} ms (COS_GRPC_CALLS_TIMEOUT)",
+            self.inner.timeout.as_millis()
+        ))
     }
 }
