@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod read_sides;
+
 /// The whole configuration of one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +31,8 @@ pub struct Config {
     pub write_side: WriteSideConfig,
     pub entities: EntityConfig,
     pub snapshots: SnapshotConfig,
+    pub read_side: ReadSideConfig,
+    pub subscriptions: SubscriptionConfig,
 }
 
 /// The client-facing gRPC listener.
@@ -145,6 +149,28 @@ pub struct SnapshotConfig {
     pub delete_events: bool,
 }
 
+/// Read sides: whether they run, and where they are described (the read sides themselves are loaded by
+/// [`read_sides::load`], see [`Config::read_sides`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadSideConfig {
+    /// `COS_READ_SIDE_ENABLED`: run the read sides and serve `ReadSideManagerService`.
+    pub enabled: bool,
+    /// `COS_READ_SIDE_CONFIG`: a YAML file, or a folder of them; empty = use the `COS_READ_SIDE_CONFIG__*`
+    /// variables.
+    pub config: String,
+}
+
+/// Event subscriptions (`Subscribe`, `SubscribeAll`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// `COS_SUBSCRIPTION_ENABLED`
+    pub enabled: bool,
+    /// `REGENT_SUBSCRIPTION_BUFFER`: events buffered per subscriber before a slow subscriber is dropped.
+    pub buffer: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -155,6 +181,8 @@ impl Default for Config {
             write_side: WriteSideConfig::default(),
             entities: EntityConfig::default(),
             snapshots: SnapshotConfig::default(),
+            read_side: ReadSideConfig::default(),
+            subscriptions: SubscriptionConfig::default(),
         }
     }
 }
@@ -220,6 +248,12 @@ impl Default for EntityConfig {
 impl Default for SnapshotConfig {
     fn default() -> Self {
         Self { frequency: 100, retain: 2, disabled: false, delete_events: false }
+    }
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        Self { enabled: false, buffer: 1024 }
     }
 }
 
@@ -462,6 +496,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_NUM_SNAPSHOTS_TO_RETAIN", &[], "snapshots.retain", U32),
     var("COS_DISABLE_SNAPSHOT", &[], "snapshots.disabled", EnvKind::Bool),
     var("COS_JOURNAL_LOGICAL_DELETION", &[], "snapshots.delete_events", EnvKind::Bool),
+    var("COS_READ_SIDE_ENABLED", &[], "read_side.enabled", EnvKind::Bool),
+    var("COS_READ_SIDE_CONFIG", &[], "read_side.config", EnvKind::Str),
+    var("COS_SUBSCRIPTION_ENABLED", &[], "subscriptions.enabled", EnvKind::Bool),
+    var("REGENT_SUBSCRIPTION_BUFFER", &[], "subscriptions.buffer", USIZE),
 ];
 
 /// Variables that CoS samples still set but that have no effect (in CoS either): accepted and ignored.
@@ -687,6 +725,7 @@ impl Config {
         check((1..=100).contains(&snap.retain), "snapshots.retain", || {
             format!("must be between 1 and 100, got {}", snap.retain)
         })?;
+        check(self.subscriptions.buffer >= 1, "subscriptions.buffer", || "must be at least 1".into())?;
         Ok(())
     }
 
@@ -703,6 +742,16 @@ impl Config {
         let host =
             if ws.host.contains(':') && !ws.host.starts_with('[') { format!("[{}]", ws.host) } else { ws.host.clone() };
         Ok(format!("{scheme}://{host}:{}", ws.port))
+    }
+
+    /// The configured read sides: none when `read_side.enabled` is off, else [`read_sides::load`] of
+    /// `read_side.config` or, when that is empty, of the `COS_READ_SIDE_CONFIG__*` variables among `env_vars`
+    /// (e.g. [`read_sides::process_env_vars`]). Disabled read sides are included, marked `enabled == false`.
+    pub fn read_sides(&self, env_vars: &[(String, String)]) -> Result<Vec<read_sides::ReadSideSettings>, ConfigError> {
+        if !self.read_side.enabled {
+            return Ok(Vec::new());
+        }
+        read_sides::load(&self.read_side.config, env_vars)
     }
 
     /// The configuration as TOML, for `--dump-config`; the database password is printed as `***`.
@@ -1024,6 +1073,11 @@ mod tests {
             ("COS_DB_SCHEMA", "my-schema", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_DB_SCHEMA", "1abc", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_SERVICE_NAME", "", "service_name (COS_SERVICE_NAME)"),
+            (
+                "REGENT_SUBSCRIPTION_BUFFER",
+                "0",
+                "subscriptions.buffer (REGENT_SUBSCRIPTION_BUFFER): must be at least 1",
+            ),
         ];
         for (var, value, expected) in cases {
             let err = load(None, &[(var, value), ("REGENT_STORE_BACKEND", "postgres")]).unwrap_err();
@@ -1051,6 +1105,34 @@ mod tests {
         config.write_side.use_tls = true;
         config.write_side.host = "::1".into();
         assert_eq!(config.write_side_endpoint().unwrap(), "https://[::1]:50051");
+    }
+
+    #[test]
+    fn read_side_and_subscription_variables() {
+        let config = load(
+            None,
+            &[
+                ("COS_READ_SIDE_ENABLED", "true"),
+                ("COS_READ_SIDE_CONFIG", "/etc/regent/readsides"),
+                ("COS_SUBSCRIPTION_ENABLED", "TRUE"),
+                ("REGENT_SUBSCRIPTION_BUFFER", "16"),
+            ],
+        )
+        .unwrap();
+        assert!(config.read_side.enabled);
+        assert_eq!(config.read_side.config, "/etc/regent/readsides");
+        assert!(config.subscriptions.enabled);
+        assert_eq!(config.subscriptions.buffer, 16);
+
+        let vars: Vec<(String, String)> =
+            [("COS_READ_SIDE_CONFIG__HOST__A", "h"), ("COS_READ_SIDE_CONFIG__PORT__A", "1")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let mut config = Config::default();
+        assert!(config.read_sides(&vars).unwrap().is_empty(), "read sides off: nothing loaded");
+        config.read_side.enabled = true;
+        assert_eq!(config.read_sides(&vars).unwrap()[0].endpoint(), "http://h:1");
     }
 
     #[test]
