@@ -91,10 +91,65 @@ pub trait SnapshotStore: Send + Sync + 'static {
     async fn retain_snapshots(&self, entity_id: &str, keep: usize) -> Result<Option<u64>>;
 }
 
-/// A whole backend: journal and snapshots in one store.
-pub trait Store: Journal + SnapshotStore {}
+/// A read side's position in the event stream of one shard.
+///
+/// Rows are delivered in `(tx, ordering)` order. `tx` is a commit-safe key: the backend only hands out rows once
+/// no row with a smaller key can still appear (PostgreSQL: the writing transaction's id, read only below the
+/// oldest running transaction, so a transaction that commits late is never skipped; SQLite, whose writes are
+/// serial: the ordering itself). `ordering` is the journal's global order, the offset CoS's manager API shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    pub tx: u64,
+    pub ordering: u64,
+}
 
-impl<T: Journal + SnapshotStore> Store for T {}
+/// One journal row as read sides see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// Where this row sits; a read side that handled it stores this cursor.
+    pub cursor: Cursor,
+    pub entity_id: String,
+    pub revision: u64,
+    /// An encoded `chief_of_state.v1.EventWrapper`.
+    pub payload: Bytes,
+}
+
+/// The stored state of one read side in one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadSideOffset {
+    /// The last row handled (`Cursor::default()` = none yet: start from the beginning of the journal).
+    pub cursor: Cursor,
+    pub paused: bool,
+}
+
+/// Offsets and pause flags of read sides, and the journal as read sides read it.
+#[async_trait]
+pub trait ReadSideStore: Send + Sync + 'static {
+    /// Up to `limit` rows of `shard` after `after`, in cursor order, never skipping a row that commits late.
+    ///
+    /// A committed row may be held back for a while: PostgreSQL returns it only once every transaction that was
+    /// assigned an id before it has finished, anywhere on the server, so a long-running writing transaction delays
+    /// every read side until it ends. A row, once returned, is returned again by every later call with the same
+    /// `after` (until journal compaction deletes it).
+    async fn events_after(&self, shard: u32, after: Cursor, limit: usize) -> Result<Vec<JournalRow>>;
+
+    /// The stored offset of `read_side_id` in `shard` (default when none is stored).
+    async fn load_offset(&self, read_side_id: &str, shard: u32) -> Result<ReadSideOffset>;
+
+    /// The stored offsets of `read_side_id` in every shard that has one, by shard.
+    async fn load_offsets(&self, read_side_id: &str) -> Result<Vec<(u32, ReadSideOffset)>>;
+
+    /// Stores the cursor of `read_side_id` in `shard`, keeping its pause flag.
+    async fn save_cursor(&self, read_side_id: &str, shard: u32, cursor: Cursor) -> Result<()>;
+
+    /// Stores the pause flag of `read_side_id` in `shard`, keeping its cursor.
+    async fn save_paused(&self, read_side_id: &str, shard: u32, paused: bool) -> Result<()>;
+}
+
+/// A whole backend: journal, snapshots and read-side offsets in one store.
+pub trait Store: Journal + SnapshotStore + ReadSideStore {}
+
+impl<T: Journal + SnapshotStore + ReadSideStore> Store for T {}
 
 /// The current time in epoch milliseconds, as stored in `written_at` columns.
 fn now_millis() -> i64 {
@@ -110,6 +165,27 @@ fn revision_to_sql(revision: u64) -> Result<i64> {
 /// A stored revision back as a `u64` (the columns never hold negative values).
 fn revision_from_sql(revision: i64) -> Result<u64> {
     u64::try_from(revision).map_err(|_| Error::Backend(format!("stored revision {revision} is negative")))
+}
+
+/// A journal position (an ordering or a transaction id of a [`Cursor`]) as the signed 64-bit integer both
+/// databases store.
+fn position_to_sql(position: u64) -> Result<i64> {
+    i64::try_from(position).map_err(|_| Error::Backend(format!("position {position} is out of the storable range")))
+}
+
+/// A stored position back as a `u64` (the columns never hold negative values).
+fn position_from_sql(position: i64) -> Result<u64> {
+    u64::try_from(position).map_err(|_| Error::Backend(format!("stored position {position} is negative")))
+}
+
+/// A [`Cursor`] as the `(tx_id, ordering)` pair both databases store.
+fn cursor_to_sql(cursor: Cursor) -> Result<(i64, i64)> {
+    Ok((position_to_sql(cursor.tx)?, position_to_sql(cursor.ordering)?))
+}
+
+/// A stored `(tx_id, ordering)` pair back as a [`Cursor`].
+fn cursor_from_sql(tx: i64, ordering: i64) -> Result<Cursor> {
+    Ok(Cursor { tx: position_from_sql(tx)?, ordering: position_from_sql(ordering)? })
 }
 
 /// The message of [`Error::Misconfigured`] when a database was initialised with another number of shards.

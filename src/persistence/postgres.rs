@@ -288,11 +288,16 @@ fn postgres_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A shard number as the `INT` the tables store.
+fn shard_to_sql(shard: u32) -> Result<i32> {
+    i32::try_from(shard).map_err(|_| Error::Backend(format!("shard {shard} is out of range")))
+}
+
 #[async_trait]
 impl Journal for PostgresStore {
     async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
         let Some(first) = events.first() else { return Ok(()) };
-        let shard = i32::try_from(shard).map_err(|_| Error::Backend(format!("shard {shard} is out of range")))?;
+        let shard = shard_to_sql(shard)?;
         let revisions = events.iter().map(|e| revision_to_sql(e.revision)).collect::<Result<Vec<_>>>()?;
         let payloads = events.iter().map(|e| e.payload.as_ref()).collect::<Vec<&[u8]>>();
         let client = self.client().await?;
@@ -405,6 +410,125 @@ impl SnapshotStore for PostgresStore {
         let row = client.query_one(&retain, &[&entity_id, &keep]).await.map_err(map_error)?;
         row.try_get::<_, Option<i64>>(0).map_err(map_error)?.map(revision_from_sql).transpose()
     }
+}
+
+/// Read sides poll the journal by `(tx_id, ordering)`, where `tx_id` is the id of the transaction that wrote the
+/// row (migration 0004), and only below the oldest transaction still running.
+///
+/// Identity values (`ordering`) are drawn at insert time, not at commit: a transaction that inserted first can
+/// commit after a later one, so a reader polling `ordering > offset` may pass a row that is not yet visible and
+/// never come back for it. Filtering on `tx_id < pg_snapshot_xmin(pg_current_snapshot())` closes that gap: every
+/// transaction with an id below the snapshot's xmin has finished (committed, so its rows are visible to the same
+/// snapshot, or aborted), and every transaction that starts writing later gets a larger id. Hence no row with a key
+/// below the returned ones can still appear, and a stored cursor never passes a row that commits late.
+///
+/// The price is latency: a row is delivered only once every transaction that was assigned an id before it has
+/// finished, in the whole server (every database shares the id counter). A long transaction that writes anything
+/// anywhere on the server, an idle-in-transaction session or a forgotten prepared transaction holds every read
+/// side back until it ends. Read-only transactions are not assigned an id and do not count.
+#[async_trait]
+impl ReadSideStore for PostgresStore {
+    async fn events_after(&self, shard: u32, after: Cursor, limit: usize) -> Result<Vec<JournalRow>> {
+        let shard = shard_to_sql(shard)?;
+        let (after_tx, after_ordering) = cursor_to_sql(after)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        // pg_current_snapshot() is the statement's own snapshot, the one that decides which rows are visible.
+        let select = client
+            .prepare_cached(
+                "SELECT tx_id, ordering, entity_id, revision, payload FROM journal \
+                 WHERE shard = $1 AND (tx_id, ordering) > ($2, $3) \
+                 AND tx_id < (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint \
+                 ORDER BY tx_id, ordering LIMIT $4",
+            )
+            .await
+            .map_err(map_error)?;
+        let rows = client.query(&select, &[&shard, &after_tx, &after_ordering, &limit]).await.map_err(map_error)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(JournalRow {
+                    cursor: cursor_from_sql(row.try_get(0).map_err(map_error)?, row.try_get(1).map_err(map_error)?)?,
+                    entity_id: row.try_get(2).map_err(map_error)?,
+                    revision: revision_from_sql(row.try_get(3).map_err(map_error)?)?,
+                    payload: Bytes::from(row.try_get::<_, Vec<u8>>(4).map_err(map_error)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn load_offset(&self, read_side_id: &str, shard: u32) -> Result<ReadSideOffset> {
+        let shard = shard_to_sql(shard)?;
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT tx_id, ordering, paused FROM read_side_offsets WHERE read_side_id = $1 AND shard = $2",
+            )
+            .await
+            .map_err(map_error)?;
+        let Some(row) = client.query_opt(&select, &[&read_side_id, &shard]).await.map_err(map_error)? else {
+            return Ok(ReadSideOffset::default());
+        };
+        offset_from_row(&row)
+    }
+
+    async fn load_offsets(&self, read_side_id: &str) -> Result<Vec<(u32, ReadSideOffset)>> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT tx_id, ordering, paused, shard FROM read_side_offsets WHERE read_side_id = $1 ORDER BY shard",
+            )
+            .await
+            .map_err(map_error)?;
+        let rows = client.query(&select, &[&read_side_id]).await.map_err(map_error)?;
+        rows.iter()
+            .map(|row| {
+                let shard: i32 = row.try_get(3).map_err(map_error)?;
+                let shard =
+                    u32::try_from(shard).map_err(|_| Error::Backend(format!("stored shard {shard} is negative")))?;
+                Ok((shard, offset_from_row(row)?))
+            })
+            .collect()
+    }
+
+    async fn save_cursor(&self, read_side_id: &str, shard: u32, cursor: Cursor) -> Result<()> {
+        let shard = shard_to_sql(shard)?;
+        let (tx, ordering) = cursor_to_sql(cursor)?;
+        let client = self.client().await?;
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO read_side_offsets (read_side_id, shard, tx_id, ordering, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (read_side_id, shard) DO UPDATE \
+                 SET tx_id = EXCLUDED.tx_id, ordering = EXCLUDED.ordering, updated_at = EXCLUDED.updated_at",
+            )
+            .await
+            .map_err(map_error)?;
+        client.execute(&upsert, &[&read_side_id, &shard, &tx, &ordering, &now_millis()]).await.map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn save_paused(&self, read_side_id: &str, shard: u32, paused: bool) -> Result<()> {
+        let shard = shard_to_sql(shard)?;
+        let client = self.client().await?;
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO read_side_offsets (read_side_id, shard, paused, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (read_side_id, shard) DO UPDATE \
+                 SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at",
+            )
+            .await
+            .map_err(map_error)?;
+        client.execute(&upsert, &[&read_side_id, &shard, &paused, &now_millis()]).await.map_err(map_error)?;
+        Ok(())
+    }
+}
+
+/// A `read_side_offsets` row whose first columns are `tx_id, ordering, paused`.
+fn offset_from_row(row: &tokio_postgres::Row) -> Result<ReadSideOffset> {
+    Ok(ReadSideOffset {
+        cursor: cursor_from_sql(row.try_get(0).map_err(map_error)?, row.try_get(1).map_err(map_error)?)?,
+        paused: row.try_get(2).map_err(map_error)?,
+    })
 }
 
 #[cfg(test)]

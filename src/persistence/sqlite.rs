@@ -276,3 +276,122 @@ impl SnapshotStore for SqliteStore {
         .await
     }
 }
+
+/// SQLite's writes are serial and `ordering` is an AUTOINCREMENT rowid, so rows become visible in `ordering` order
+/// and the cursor's `tx` is the ordering itself (see migration 0004): polling `ordering > after.ordering` never
+/// skips a row.
+#[async_trait]
+impl ReadSideStore for SqliteStore {
+    async fn events_after(&self, shard: u32, after: Cursor, limit: usize) -> Result<Vec<JournalRow>> {
+        let after = position_to_sql(after.ordering)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT ordering, entity_id, revision, payload FROM journal \
+                     WHERE shard = ?1 AND ordering > ?2 ORDER BY ordering LIMIT ?3",
+                )
+                .map_err(map_error)?;
+            let rows = select
+                .query_map(params![shard, after, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                    ))
+                })
+                .map_err(map_error)?;
+            rows.map(|row| {
+                let (ordering, entity_id, revision, payload) = row.map_err(map_error)?;
+                Ok(JournalRow {
+                    cursor: cursor_from_sql(ordering, ordering)?,
+                    entity_id,
+                    revision: revision_from_sql(revision)?,
+                    payload: Bytes::from(payload),
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn load_offset(&self, read_side_id: &str, shard: u32) -> Result<ReadSideOffset> {
+        let read_side_id = read_side_id.to_owned();
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT tx_id, ordering, paused FROM read_side_offsets WHERE read_side_id = ?1 AND shard = ?2",
+                )
+                .map_err(map_error)?;
+            let row = select.query_row(params![read_side_id, shard], offset_columns).optional().map_err(map_error)?;
+            row.map(offset_from_columns).transpose().map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
+    async fn load_offsets(&self, read_side_id: &str) -> Result<Vec<(u32, ReadSideOffset)>> {
+        let read_side_id = read_side_id.to_owned();
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT tx_id, ordering, paused, shard FROM read_side_offsets WHERE read_side_id = ?1 \
+                     ORDER BY shard",
+                )
+                .map_err(map_error)?;
+            let rows = select
+                .query_map([read_side_id], |row| Ok((row.get::<_, u32>(3)?, offset_columns(row)?)))
+                .map_err(map_error)?;
+            rows.map(|row| {
+                let (shard, columns) = row.map_err(map_error)?;
+                Ok((shard, offset_from_columns(columns)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn save_cursor(&self, read_side_id: &str, shard: u32, cursor: Cursor) -> Result<()> {
+        let read_side_id = read_side_id.to_owned();
+        let (tx, ordering) = cursor_to_sql(cursor)?;
+        self.with_conn(move |conn| {
+            let mut upsert = conn
+                .prepare_cached(
+                    "INSERT INTO read_side_offsets (read_side_id, shard, tx_id, ordering, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (read_side_id, shard) DO UPDATE \
+                     SET tx_id = excluded.tx_id, ordering = excluded.ordering, updated_at = excluded.updated_at",
+                )
+                .map_err(map_error)?;
+            upsert.execute(params![read_side_id, shard, tx, ordering, now_millis()]).map_err(map_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_paused(&self, read_side_id: &str, shard: u32, paused: bool) -> Result<()> {
+        let read_side_id = read_side_id.to_owned();
+        self.with_conn(move |conn| {
+            let mut upsert = conn
+                .prepare_cached(
+                    "INSERT INTO read_side_offsets (read_side_id, shard, paused, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (read_side_id, shard) DO UPDATE \
+                     SET paused = excluded.paused, updated_at = excluded.updated_at",
+                )
+                .map_err(map_error)?;
+            upsert.execute(params![read_side_id, shard, paused, now_millis()]).map_err(map_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The `tx_id, ordering, paused` columns of a `read_side_offsets` row.
+fn offset_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn offset_from_columns((tx, ordering, paused): (i64, i64, bool)) -> Result<ReadSideOffset> {
+    Ok(ReadSideOffset { cursor: cursor_from_sql(tx, ordering)?, paused })
+}

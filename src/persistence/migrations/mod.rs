@@ -24,6 +24,7 @@ pub(crate) const POSTGRES: &[Migration] = migrations!("postgres":
     1 => "0001_journal",
     2 => "0002_snapshots",
     3 => "0003_settings",
+    4 => "0004_read_sides",
 );
 
 /// SQLite's migrations, in order.
@@ -31,6 +32,7 @@ pub(crate) const SQLITE: &[Migration] = migrations!("sqlite":
     1 => "0001_journal",
     2 => "0002_snapshots",
     3 => "0003_settings",
+    4 => "0004_read_sides",
 );
 
 #[cfg(test)]
