@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "chief_of_state/v1/persistence.proto",
     "chief_of_state/plugins/persisted_headers/v1/headers.proto",
     "regent/examples/bank/v1/bank.proto",
+    "regent/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,7 @@
 //! - [`example`]: the bundled bank-account write handler used by the quick start.
 //! - [`cli`]: the `regent` command line (clap definitions).
 //! - [`proto`]: the generated protobuf messages and gRPC services.
+//! - [`subscriptions`]: publication of persisted events to `Subscribe` / `SubscribeAll` streams.
 //! - [`telemetry`]: logging set-up.
 pub mod actors;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod node;
 pub mod persistence;
 pub mod proto;
+pub mod subscriptions;
 pub mod telemetry;
 
 pub use node::Node;

@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
         Command::ExampleHandler(args) => example_handler(args).await,
         Command::Bank(command) => bank_command(command).await,
         Command::GetState(args) => get_state(args).await,
+        Command::Readside(command) => regent::cli::readside::run(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

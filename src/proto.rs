@@ -20,3 +20,10 @@ pub mod bank {
 
 /// The encoded `FileDescriptorSet` of every proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/regent_descriptor.bin"));
+
+/// Regent's own APIs (`regent.v1`).
+pub mod regent {
+    pub mod v1 {
+        tonic::include_proto!("regent.v1");
+    }
+}

@@ -22,11 +22,12 @@ use tracing::{debug, warn};
 use super::{CommandEnvelope, CommandError, EntityReply};
 use crate::config::{SnapshotConfig, WriteSideConfig};
 use crate::grpc::write_handler::WriteHandler;
-use crate::persistence::{PersistedEvent, Snapshot, Store};
+use crate::persistence::{JournalSignals, PersistedEvent, Snapshot, Store};
 use crate::proto::chief_of_state::plugins::persisted_headers::v1 as plugin;
 use crate::proto::chief_of_state::v1::{
     EventWrapper, HandleCommandRequest, HandleEventRequest, Header, MetaData, StateWrapper, header,
 };
+use crate::subscriptions::{Published, SubscriptionHub};
 
 /// The key of `MetaData.data` under which the original CoS line stores the persisted headers.
 pub const PERSISTED_HEADERS_KEY: &str = "persisted_headers.v1";
@@ -40,6 +41,10 @@ pub struct EntitySettings {
     pub handler: WriteHandler,
     pub write_side: Arc<WriteSideConfig>,
     pub snapshots: SnapshotConfig,
+    /// Wakes the read sides of a shard after an append.
+    pub journal_signals: Arc<JournalSignals>,
+    /// Where persisted events are published to subscribers (`None`: subscriptions disabled).
+    pub subscriptions: Option<SubscriptionHub>,
 }
 
 pub struct EntityActor;
@@ -179,6 +184,7 @@ impl EntityState {
 
         let mut state = prior.state;
         let mut rows = Vec::with_capacity(events.len());
+        let mut wrappers = Vec::with_capacity(events.len());
         let mut meta = prior_meta;
         for (revision, event) in (first..=last).zip(events) {
             meta = MetaData {
@@ -205,6 +211,7 @@ impl EntityState {
             let wrapper =
                 EventWrapper { event: Some(event), resulting_state: Some(resulting.clone()), meta: Some(meta.clone()) };
             rows.push(PersistedEvent { revision, payload: Bytes::from(wrapper.encode_to_vec()) });
+            wrappers.push(wrapper);
             state = Some(resulting);
         }
 
@@ -213,6 +220,17 @@ impl EntityState {
             warn!(entity_id = %self.entity_id, error = %e, "journal write failed; the entity will recover");
             self.current = None;
             return Err(e.into());
+        }
+        settings.journal_signals.notify(self.shard);
+        if let Some(hub) = &settings.subscriptions {
+            for wrapper in wrappers {
+                hub.publish(Published {
+                    entity_id: self.entity_id.clone(),
+                    event: wrapper.event,
+                    resulting_state: wrapper.resulting_state,
+                    meta: wrapper.meta,
+                });
+            }
         }
         let new_state = StateWrapper { state, meta: Some(meta) };
         self.current = Some(new_state.clone());

@@ -4,16 +4,23 @@
 //! ShardRegion                      (one per node: routes a request to the shard of its entity)
 //!  └── Shard 0..num_shards        (spawned on first use: owns the entities of one shard, passivates idle ones)
 //!       └── Entity <entity_id>     (one per live entity: recovers, then processes its messages one at a time)
+//!
+//! ReadSideSupervisor               (one per node when read sides are enabled)
+//!  └── ReadSideProcessor           (one per read side × shard: delivers the shard's events in order)
 //! ```
 //!
 //! The cluster issue places shards on other nodes; the region already routes by shard so that only the
 //! region needs to learn where a shard lives.
 
 pub mod entity;
+pub mod read_side_processor;
+pub mod read_side_supervisor;
 pub mod region;
 pub mod shard;
 
 pub use entity::{EntityActor, EntityMessage, EntitySettings};
+pub use read_side_processor::{ProcessorMessage, ReadSideProcessor};
+pub use read_side_supervisor::{ReadSideOp, ReadSideSupervisor, SupervisorMessage};
 pub use region::{RegionMessage, ShardRegion};
 pub use shard::{ShardActor, ShardMessage};
 

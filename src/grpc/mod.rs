@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod headers;
+pub mod manager;
 pub mod service;
 pub mod write_handler;
 

@@ -16,6 +16,7 @@ use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, RegionMessage};
 use crate::config::WriteSideConfig;
 use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStateService;
 use crate::proto::chief_of_state::v1::*;
+use crate::subscriptions::SubscriptionHub;
 
 const SUBSCRIPTIONS_DISABLED: &str = "Subscription is not enabled; configure subscription to use streaming";
 
@@ -25,11 +26,21 @@ pub struct ChiefOfState {
     region: ActorRef<RegionMessage>,
     write_side: Arc<WriteSideConfig>,
     ask_timeout: Duration,
+    subscriptions: Option<SubscriptionHub>,
 }
 
 impl ChiefOfState {
-    pub fn new(region: ActorRef<RegionMessage>, write_side: Arc<WriteSideConfig>, ask_timeout: Duration) -> Self {
-        Self { region, write_side, ask_timeout }
+    pub fn new(
+        region: ActorRef<RegionMessage>,
+        write_side: Arc<WriteSideConfig>,
+        ask_timeout: Duration,
+        subscriptions: Option<SubscriptionHub>,
+    ) -> Self {
+        Self { region, write_side, ask_timeout, subscriptions }
+    }
+
+    fn hub(&self) -> Result<&SubscriptionHub, Status> {
+        self.subscriptions.as_ref().ok_or_else(|| Status::unimplemented(SUBSCRIPTIONS_DISABLED))
     }
 
     async fn ask(
@@ -96,25 +107,64 @@ impl ChiefOfStateService for ChiefOfState {
     type SubscribeStream = BoxStream<SubscribeResponse>;
     type SubscribeAllStream = BoxStream<SubscribeAllResponse>;
 
-    async fn subscribe(&self, _: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let hub = self.hub()?;
+        let request = request.into_inner();
+        if request.entity_id.is_empty() {
+            return Err(Status::invalid_argument("entity_id is required"));
+        }
+        let entity_id = request.entity_id;
+        let (_, stream) = hub.subscribe(
+            request.subscription_id,
+            move |p| p.entity_id == entity_id,
+            |id, p| SubscribeResponse {
+                subscription_id: id.to_string(),
+                event: p.event.clone(),
+                resulting_state: p.resulting_state.clone(),
+                meta: p.meta.clone(),
+            },
+        )?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn subscribe_all(
         &self,
-        _: Request<SubscribeAllRequest>,
+        request: Request<SubscribeAllRequest>,
     ) -> Result<Response<Self::SubscribeAllStream>, Status> {
-        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+        let hub = self.hub()?;
+        let (_, stream) = hub.subscribe(
+            request.into_inner().subscription_id,
+            |_| true,
+            |id, p| SubscribeAllResponse {
+                subscription_id: id.to_string(),
+                event: p.event.clone(),
+                resulting_state: p.resulting_state.clone(),
+                meta: p.meta.clone(),
+            },
+        )?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn unsubscribe(&self, _: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
-        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+    async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
+        let hub = self.hub()?;
+        let subscription_id = request.into_inner().subscription_id;
+        if subscription_id.is_empty() {
+            return Err(Status::invalid_argument("subscription_id is required"));
+        }
+        hub.unsubscribe(&subscription_id);
+        Ok(Response::new(UnsubscribeResponse { subscription_id }))
     }
 
     async fn unsubscribe_all(
         &self,
-        _: Request<UnsubscribeAllRequest>,
+        request: Request<UnsubscribeAllRequest>,
     ) -> Result<Response<UnsubscribeAllResponse>, Status> {
-        Err(Status::unimplemented(SUBSCRIPTIONS_DISABLED))
+        let hub = self.hub()?;
+        let subscription_id = request.into_inner().subscription_id;
+        if subscription_id.is_empty() {
+            return Err(Status::invalid_argument("subscription_id is required"));
+        }
+        hub.unsubscribe(&subscription_id);
+        Ok(Response::new(UnsubscribeAllResponse { subscription_id }))
     }
 }

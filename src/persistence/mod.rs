@@ -146,6 +146,30 @@ pub trait ReadSideStore: Send + Sync + 'static {
     async fn save_paused(&self, read_side_id: &str, shard: u32, paused: bool) -> Result<()>;
 }
 
+/// Per-shard signals that new events were appended on this node, so that read sides wake at once instead of
+/// waiting for their next poll.
+pub struct JournalSignals {
+    senders: Vec<tokio::sync::watch::Sender<u64>>,
+}
+
+impl JournalSignals {
+    pub fn new(num_shards: u32) -> Self {
+        Self { senders: (0..num_shards).map(|_| tokio::sync::watch::channel(0).0).collect() }
+    }
+
+    /// Signals that `shard` has new events.
+    pub fn notify(&self, shard: u32) {
+        if let Some(sender) = self.senders.get(shard as usize) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that sees every later [`notify`](Self::notify) of `shard`.
+    pub fn subscribe(&self, shard: u32) -> tokio::sync::watch::Receiver<u64> {
+        self.senders[shard as usize].subscribe()
+    }
+}
+
 /// A whole backend: journal, snapshots and read-side offsets in one store.
 pub trait Store: Journal + SnapshotStore + ReadSideStore {}
 

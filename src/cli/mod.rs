@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod readside;
+
 use crate::config::{Backend, Overrides};
 
 /// Regent: a clustered event-sourcing node, a drop-in implementation of Chief of State.
@@ -25,6 +27,42 @@ pub enum Command {
     Bank(BankCommand),
     /// Print an entity's current state (any domain): revision, date, type and size of the state.
     GetState(GetStateArgs),
+    /// Inspect and steer read sides (needs COS_READ_SIDE_ENABLED=true on the node).
+    ///
+    /// Exit codes: 0 done, 1 the node refused or failed (the message says why), 2 bad usage.
+    #[command(subcommand)]
+    Readside(ReadsideCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReadsideCommand {
+    /// Every read side (or one) per shard: offset, status, last error, events delivered.
+    List {
+        /// Only this read side.
+        read_side_id: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The stored offset of a read side in each shard (or one).
+    Offsets(ReadsideTarget),
+    /// Pause a read side in every shard (or one).
+    Pause(ReadsideTarget),
+    /// Resume a paused or stopped read side in every shard (or one).
+    Resume(ReadsideTarget),
+    /// Forget a read side's offsets: it replays its shards from the beginning of the journal.
+    Restart(ReadsideTarget),
+    /// Skip the event a read side is stuck on (or its next event) in every shard (or one).
+    Skip(ReadsideTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct ReadsideTarget {
+    pub read_side_id: String,
+    /// Only this shard.
+    #[arg(long)]
+    pub shard: Option<u64>,
+    #[command(flatten)]
+    pub node: NodeArg,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,286 @@
+//! `ReadSideSupervisor`: starts one [`ReadSideProcessor`] per (enabled read side, shard), restarts a processor
+//! that fails, and routes the operator's commands (pause, resume, restart, skip, report) to them. Unsupervised
+//! root of the node's read-side tree (the node's composition root owns it).
+//!
+//! ```text
+//! ReadSideSupervisor
+//!  └── ReadSideProcessor (read side × shard)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadSideProcessor};
+use crate::config::read_sides::ReadSideSettings;
+use crate::persistence::{self, JournalSignals, Store};
+use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
+
+/// How long to wait before restarting a processor that failed.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+pub struct ReadSideSupervisor;
+
+/// An operator's command for one read side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSideOp {
+    Pause,
+    Resume,
+    Restart,
+    Skip,
+}
+
+/// Why an operator's command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadSideError {
+    #[error("unknown read side {0:?}")]
+    UnknownReadSide(String),
+    #[error("shard {shard} is out of range: this cluster has shards 0 to {}", .num_shards - 1)]
+    ShardOutOfRange { shard: u64, num_shards: u32 },
+    #[error("the processor of read side {0:?} in shard {1} is restarting; try again")]
+    Restarting(String, u32),
+    #[error(transparent)]
+    Store(#[from] persistence::Error),
+}
+
+pub enum SupervisorMessage {
+    /// Apply `op` to `read_side_id` in `shard` (all shards when `None`).
+    Command { read_side_id: String, shard: Option<u64>, op: ReadSideOp, reply: RpcReplyPort<Result<(), ReadSideError>> },
+    /// Report every processor of `read_side_id` (every read side when `None`).
+    Report { read_side_id: Option<String>, reply: RpcReplyPort<Result<Vec<(String, ProcessorReport)>, ReadSideError>> },
+    /// (Re)start the processor of a read side in a shard.
+    Start { read_side_id: String, shard: u32 },
+}
+
+pub struct SupervisorArgs {
+    pub read_sides: Vec<ReadSideSettings>,
+    pub num_shards: u32,
+    pub store: Arc<dyn Store>,
+    pub journal_signals: Arc<JournalSignals>,
+}
+
+pub struct SupervisorState {
+    read_sides: HashMap<String, (Arc<ReadSideSettings>, ReadSideHandlerServiceClient<Channel>)>,
+    num_shards: u32,
+    store: Arc<dyn Store>,
+    journal_signals: Arc<JournalSignals>,
+    processors: HashMap<(String, u32), ActorRef<ProcessorMessage>>,
+    by_actor: HashMap<ActorId, (String, u32)>,
+}
+
+impl Actor for ReadSideSupervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut read_sides = HashMap::new();
+        for settings in args.read_sides.into_iter().filter(|r| r.enabled) {
+            let endpoint = Endpoint::from_shared(settings.endpoint())?.tcp_nodelay(true);
+            let endpoint = if settings.use_tls {
+                endpoint.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?
+            } else {
+                endpoint
+            };
+            let client = ReadSideHandlerServiceClient::new(endpoint.connect_lazy());
+            // autoStart: true resumes a read side paused before; false starts it paused.
+            for shard in 0..args.num_shards {
+                args.store.save_paused(&settings.id, shard, !settings.auto_start).await?;
+                let _ = myself.send_message(SupervisorMessage::Start { read_side_id: settings.id.clone(), shard });
+            }
+            info!(read_side = %settings.id, endpoint = %settings.endpoint(), policy = %settings.failure_policy,
+                auto_start = settings.auto_start, "read side configured");
+            read_sides.insert(settings.id.clone(), (Arc::new(settings), client));
+        }
+        Ok(SupervisorState {
+            read_sides,
+            num_shards: args.num_shards,
+            store: args.store,
+            journal_signals: args.journal_signals,
+            processors: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        message: SupervisorMessage,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::Start { read_side_id, shard } => state.start(&myself, read_side_id, shard).await,
+            SupervisorMessage::Command { read_side_id, shard, op, reply } => {
+                // Each processor answers on its own; the supervisor does not wait for them.
+                match state.targets(&read_side_id, shard) {
+                    Ok(targets) => {
+                        tokio::spawn(async move {
+                            let mut outcome = Ok(());
+                            for (shard, processor) in targets {
+                                let Some(processor) = processor else {
+                                    outcome = Err(ReadSideError::Restarting(read_side_id.clone(), shard));
+                                    continue;
+                                };
+                                let sent = processor
+                                    .call(
+                                        |reply| match op {
+                                            ReadSideOp::Pause => ProcessorMessage::Pause(reply),
+                                            ReadSideOp::Resume => ProcessorMessage::Resume(reply),
+                                            ReadSideOp::Restart => ProcessorMessage::Restart(reply),
+                                            ReadSideOp::Skip => ProcessorMessage::Skip(reply),
+                                        },
+                                        None,
+                                    )
+                                    .await;
+                                match sent {
+                                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => {}
+                                    Ok(ractor::rpc::CallResult::Success(Err(e))) => outcome = Err(e.into()),
+                                    _ => outcome = Err(ReadSideError::Restarting(read_side_id.clone(), shard)),
+                                }
+                            }
+                            let _ = reply.send(outcome);
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            SupervisorMessage::Report { read_side_id, reply } => {
+                let ids: Vec<String> = match read_side_id {
+                    Some(id) if state.read_sides.contains_key(&id) => vec![id],
+                    Some(id) => {
+                        let _ = reply.send(Err(ReadSideError::UnknownReadSide(id)));
+                        return Ok(());
+                    }
+                    None => {
+                        let mut ids: Vec<String> = state.read_sides.keys().cloned().collect();
+                        ids.sort();
+                        ids
+                    }
+                };
+                let mut targets = Vec::new();
+                for id in ids {
+                    for shard in 0..state.num_shards {
+                        targets.push((id.clone(), shard, state.processors.get(&(id.clone(), shard)).cloned()));
+                    }
+                }
+                let store = state.store.clone();
+                tokio::spawn(async move {
+                    let mut reports = Vec::new();
+                    for (id, shard, processor) in targets {
+                        let report = match processor {
+                            Some(p) => match p.call(ProcessorMessage::Report, Some(Duration::from_secs(5))).await {
+                                Ok(ractor::rpc::CallResult::Success(report)) => Some(report),
+                                _ => None,
+                            },
+                            None => None,
+                        };
+                        let report = match report {
+                            Some(report) => report,
+                            // Restarting: report what the store holds.
+                            None => match store.load_offset(&id, shard).await {
+                                Ok(offset) => ProcessorReport {
+                                    shard,
+                                    cursor: offset.cursor,
+                                    status: super::read_side_processor::ProcessorStatus::Stopped {
+                                        error: "restarting".into(),
+                                    },
+                                    delivered: 0,
+                                    failures: 0,
+                                },
+                                Err(e) => {
+                                    let _ = reply.send(Err(e.into()));
+                                    return;
+                                }
+                            },
+                        };
+                        reports.push((id, report));
+                    }
+                    let _ = reply.send(Ok(reports));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failed) = match &event {
+            SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                warn!(error = %error, "read-side processor failed; restarting it");
+                (cell, true)
+            }
+            _ => return Ok(()),
+        };
+        if let Some(key) = state.by_actor.remove(&cell.get_id()) {
+            state.processors.remove(&key);
+            if failed {
+                let (read_side_id, shard) = key;
+                ractor::time::send_after(RESTART_DELAY, myself.get_cell(), move || SupervisorMessage::Start {
+                    read_side_id: read_side_id.clone(),
+                    shard,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+type Target = (u32, Option<ActorRef<ProcessorMessage>>);
+
+impl SupervisorState {
+    async fn start(&mut self, myself: &ActorRef<SupervisorMessage>, read_side_id: String, shard: u32) {
+        let key = (read_side_id, shard);
+        if self.processors.contains_key(&key) {
+            return;
+        }
+        let Some((settings, client)) = self.read_sides.get(&key.0) else { return };
+        let args = ProcessorArgs {
+            settings: settings.clone(),
+            shard,
+            store: self.store.clone(),
+            client: client.clone(),
+            journal_signal: self.journal_signals.subscribe(shard),
+        };
+        match Actor::spawn_linked(None, ReadSideProcessor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), key.clone());
+                self.processors.insert(key, actor);
+            }
+            Err(e) => {
+                warn!(read_side = %key.0, shard, error = %e, "cannot start a read-side processor; retrying");
+                let (read_side_id, shard) = key;
+                ractor::time::send_after(RESTART_DELAY, myself.get_cell(), move || SupervisorMessage::Start {
+                    read_side_id: read_side_id.clone(),
+                    shard,
+                });
+            }
+        }
+    }
+
+    fn targets(&self, read_side_id: &str, shard: Option<u64>) -> Result<Vec<Target>, ReadSideError> {
+        if !self.read_sides.contains_key(read_side_id) {
+            return Err(ReadSideError::UnknownReadSide(read_side_id.to_string()));
+        }
+        let shards: Vec<u32> = match shard {
+            Some(s) if s < u64::from(self.num_shards) => vec![s as u32],
+            Some(s) => return Err(ReadSideError::ShardOutOfRange { shard: s, num_shards: self.num_shards }),
+            None => (0..self.num_shards).collect(),
+        };
+        Ok(shards.into_iter().map(|s| (s, self.processors.get(&(read_side_id.to_string(), s)).cloned())).collect())
+    }
+}
