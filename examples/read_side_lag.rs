@@ -27,7 +27,6 @@ use regent::proto::chief_of_state::v1::read_side_manager_service_client::ReadSid
 use regent::proto::chief_of_state::v1::{
     HandleReadSideRequest, HandleReadSideResponse, ProcessCommandRequest, ResumeReadSideRequest,
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 #[derive(Default, Clone)]
@@ -70,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(ReadSideHandlerServiceServer::new(recorder.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let (handler, serve) = bank::bind("127.0.0.1:0", std::future::pending()).await?;
     tokio::spawn(serve);

@@ -10,7 +10,6 @@ use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::actors::EntitySettings;
@@ -48,6 +47,7 @@ pub struct Node {
     local_addr: SocketAddr,
     region: ActorRef<RegionMessage>,
     read_sides: Option<ActorRef<SupervisorMessage>>,
+    subscriptions: Option<SubscriptionHub>,
     stop_serving: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -109,7 +109,7 @@ impl Node {
             region.clone(),
             write_side,
             Duration::from_secs(config.entities.command_handler_timeout_secs),
-            subscriptions,
+            subscriptions.clone(),
         );
         let max = config.server.max_message_bytes;
         let cos = ChiefOfStateServiceServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
@@ -129,12 +129,15 @@ impl Node {
                 .add_service(cos)
                 .add_optional_service(manager.clone().map(ReadSideManagerServiceServer::new))
                 .add_optional_service(manager.map(ReadSideAdminServiceServer::new))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
-        Ok(Node { local_addr, region, read_sides: read_side_supervisor, stop_serving, server })
+        Ok(Node { local_addr, region, read_sides: read_side_supervisor, subscriptions, stop_serving, server })
     }
 
     /// The address gRPC is served on.
@@ -152,6 +155,10 @@ impl Node {
     pub async fn shutdown(self) -> Result<(), Error> {
         info!("regent node shutting down");
         let _ = self.stop_serving.send(());
+        // Open subscription streams would keep the server from finishing.
+        if let Some(hub) = &self.subscriptions {
+            hub.close();
+        }
         let served = self.server.await.map_err(|e| Error::Server(e.to_string()))?;
         self.region.stop_children_and_wait(None, Some(Duration::from_secs(10))).await;
         self.region.stop_and_wait(None, Some(Duration::from_secs(10))).await.ok();

@@ -14,6 +14,9 @@ use tonic::Status;
 
 use crate::proto::chief_of_state::v1::MetaData;
 
+/// How long a lagging subscriber's stream waits for room to carry the RESOURCE_EXHAUSTED status.
+const LAG_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One persisted event, as subscribers see it.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -27,13 +30,17 @@ pub struct Published {
 #[derive(Clone)]
 pub struct SubscriptionHub {
     sender: broadcast::Sender<Arc<Published>>,
-    active: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// Active subscriptions; `None` once the hub is closed (the node is shutting down).
+    active: Arc<Mutex<Option<Registry>>>,
 }
+
+/// Subscription id → the signal that ends it.
+type Registry = HashMap<String, oneshot::Sender<()>>;
 
 impl SubscriptionHub {
     /// A hub whose subscribers may fall `buffer` events behind before they are dropped.
     pub fn new(buffer: usize) -> Self {
-        Self { sender: broadcast::channel(buffer.max(1)).0, active: Arc::default() }
+        Self { sender: broadcast::channel(buffer.max(1)).0, active: Arc::new(Mutex::new(Some(HashMap::new()))) }
     }
 
     /// Publishes a persisted event (never blocks).
@@ -55,6 +62,9 @@ impl SubscriptionHub {
         let (cancel_tx, mut cancel) = oneshot::channel();
         {
             let mut active = self.active.lock().expect("subscription registry poisoned");
+            let Some(active) = active.as_mut() else {
+                return Err(Status::unavailable("the node is shutting down"));
+            };
             if active.contains_key(&id) {
                 return Err(Status::already_exists(format!("subscription {id:?} is already active")));
             }
@@ -77,28 +87,41 @@ impl SubscriptionHub {
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                            let status = Status::resource_exhausted(format!(
                                 "subscription {sub_id:?} fell {missed} events behind and was dropped; subscribe again"
-                            ))));
+                            ));
+                            // The stream's own buffer may be full: give the subscriber a while to take the status.
+                            let _ = tokio::time::timeout(LAG_STATUS_WAIT, tx.send(Err(status))).await;
                             break;
                         }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                 }
             }
-            active.lock().expect("subscription registry poisoned").remove(&sub_id);
+            if let Some(active) = active.lock().expect("subscription registry poisoned").as_mut() {
+                active.remove(&sub_id);
+            }
         });
         Ok((id, ReceiverStream::new(rx)))
     }
 
     /// Ends the subscription `subscription_id`, if it is active. Returns whether it was.
     pub fn unsubscribe(&self, subscription_id: &str) -> bool {
-        let cancel = self.active.lock().expect("subscription registry poisoned").remove(subscription_id);
+        let mut active = self.active.lock().expect("subscription registry poisoned");
+        let cancel = active.as_mut().and_then(|a| a.remove(subscription_id));
         cancel.map(|c| c.send(())).is_some()
+    }
+
+    /// Ends every subscription and refuses new ones (the node is shutting down).
+    pub fn close(&self) {
+        let active = self.active.lock().expect("subscription registry poisoned").take();
+        for cancel in active.into_iter().flat_map(HashMap::into_values) {
+            let _ = cancel.send(());
+        }
     }
 
     /// How many subscriptions are active.
     pub fn active(&self) -> usize {
-        self.active.lock().expect("subscription registry poisoned").len()
+        self.active.lock().expect("subscription registry poisoned").as_ref().map_or(0, HashMap::len)
     }
 }

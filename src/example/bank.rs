@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use prost::{Message, Name};
 use prost_types::Any;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::proto::bank::{AccountOpened, BankAccount, Deposit, Deposited, OpenAccount, Withdraw, Withdrawn};
@@ -130,6 +129,9 @@ pub async fn bind<F: Future<Output = ()> + Send + 'static>(
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(WriteSideHandlerServiceServer::new(BankHandler))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        );
     Ok((local, serve))
 }

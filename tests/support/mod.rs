@@ -4,6 +4,7 @@
 
 pub mod handler;
 pub mod pg;
+pub mod read_handler;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
