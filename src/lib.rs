@@ -6,6 +6,8 @@
 //!
 //! ## Layout
 //! - [`node`]: the composition root: builds a node from its configuration, serves it, shuts it down.
+//! - [`engine`]: the store, the actors, read sides and subscriptions of a node, without a server.
+//! - [`write_side`]: the write-handler contract (`WriteSide`), gRPC or in process.
 //! - [`config`]: the one configuration loader (defaults → TOML → environment, with CoS names → flags).
 //! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
 //! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
@@ -20,6 +22,7 @@ pub mod actors;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod engine;
 pub mod example;
 pub mod grpc;
 pub mod node;
@@ -27,5 +30,6 @@ pub mod persistence;
 pub mod proto;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod write_side;
 
 pub use node::Node;

@@ -21,13 +21,13 @@ use tracing::{debug, warn};
 
 use super::{CommandEnvelope, CommandError, EntityReply};
 use crate::config::{SnapshotConfig, WriteSideConfig};
-use crate::grpc::write_handler::WriteHandler;
 use crate::persistence::{JournalSignals, PersistedEvent, Snapshot, Store};
 use crate::proto::chief_of_state::plugins::persisted_headers::v1 as plugin;
 use crate::proto::chief_of_state::v1::{
     EventWrapper, HandleCommandRequest, HandleEventRequest, Header, MetaData, StateWrapper, header,
 };
 use crate::subscriptions::{Published, SubscriptionHub};
+use crate::write_side::WriteSide;
 
 /// The key of `MetaData.data` under which the original CoS line stores the persisted headers.
 pub const PERSISTED_HEADERS_KEY: &str = "persisted_headers.v1";
@@ -38,7 +38,7 @@ const EMPTY_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Empty";
 #[derive(Clone)]
 pub struct EntitySettings {
     pub store: Arc<dyn Store>,
-    pub handler: WriteHandler,
+    pub handler: Arc<dyn WriteSide>,
     pub write_side: Arc<WriteSideConfig>,
     pub snapshots: SnapshotConfig,
     /// Wakes the read sides of a shard after an append.

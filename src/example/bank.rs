@@ -135,3 +135,19 @@ pub async fn bind<F: Future<Output = ()> + Send + 'static>(
         );
     Ok((local, serve))
 }
+
+/// The bank handler in process (no gRPC), for embedding and for the engine benchmark.
+#[async_trait::async_trait]
+impl crate::write_side::WriteSide for BankHandler {
+    async fn handle_command(
+        &self,
+        request: HandleCommandRequest,
+        _: tonic::metadata::MetadataMap,
+    ) -> Result<HandleCommandResponse, Status> {
+        WriteSideHandlerService::handle_command(self, Request::new(request)).await.map(Response::into_inner)
+    }
+
+    async fn handle_event(&self, request: HandleEventRequest) -> Result<HandleEventResponse, Status> {
+        WriteSideHandlerService::handle_event(self, Request::new(request)).await.map(Response::into_inner)
+    }
+}

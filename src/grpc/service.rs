@@ -3,17 +3,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
-use ractor::ActorRef;
-use ractor::rpc::CallResult;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
 use super::headers;
-use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, RegionMessage};
+use crate::actors::CommandEnvelope;
 use crate::config::WriteSideConfig;
+use crate::engine::EngineHandle;
 use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStateService;
 use crate::proto::chief_of_state::v1::*;
 use crate::subscriptions::SubscriptionHub;
@@ -23,46 +21,18 @@ const SUBSCRIPTIONS_DISABLED: &str = "Subscription is not enabled; configure sub
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct ChiefOfState {
-    region: ActorRef<RegionMessage>,
+    engine: EngineHandle,
     write_side: Arc<WriteSideConfig>,
-    ask_timeout: Duration,
     subscriptions: Option<SubscriptionHub>,
 }
 
 impl ChiefOfState {
-    pub fn new(
-        region: ActorRef<RegionMessage>,
-        write_side: Arc<WriteSideConfig>,
-        ask_timeout: Duration,
-        subscriptions: Option<SubscriptionHub>,
-    ) -> Self {
-        Self { region, write_side, ask_timeout, subscriptions }
+    pub fn new(engine: EngineHandle, write_side: Arc<WriteSideConfig>, subscriptions: Option<SubscriptionHub>) -> Self {
+        Self { engine, write_side, subscriptions }
     }
 
     fn hub(&self) -> Result<&SubscriptionHub, Status> {
         self.subscriptions.as_ref().ok_or_else(|| Status::unimplemented(SUBSCRIPTIONS_DISABLED))
-    }
-
-    async fn ask(
-        &self,
-        entity_id: String,
-        message: impl FnOnce(ractor::RpcReplyPort<EntityReply>) -> EntityMessage,
-    ) -> Result<StateWrapper, Status> {
-        let id = entity_id.clone();
-        let call = self
-            .region
-            .call(|reply| RegionMessage::Route { entity_id, message: message(reply) }, Some(self.ask_timeout))
-            .await;
-        match call {
-            Ok(CallResult::Success(reply)) => reply.map_err(Status::from),
-            // As CoS: an ask timeout is INTERNAL. The command may still complete after this answer.
-            Ok(CallResult::Timeout) => Err(Status::internal(format!(
-                "Ask timed out on entity {id:?} after {} ms (COS_COMMAND_HANDLER_TIMEOUT); the command may still be applied",
-                self.ask_timeout.as_millis()
-            ))),
-            Ok(CallResult::SenderError) => Err(Status::unavailable(format!("entity {id:?} stopped before replying"))),
-            Err(_) => Err(Status::unavailable("the node is shutting down")),
-        }
     }
 }
 
@@ -87,20 +57,20 @@ impl ChiefOfStateService for ChiefOfState {
     ) -> Result<Response<ProcessCommandResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
         let entity_id = entity_id_of(body.entity_id)?;
-        let command = Box::new(CommandEnvelope {
+        let command = CommandEnvelope {
             command: body.command.unwrap_or_default(),
             propagated_headers: headers::propagated(&metadata, &self.write_side.propagated_headers),
             persisted_headers: headers::persisted(&metadata, &self.write_side.persisted_headers),
-        });
+        };
         let span = info_span!("process_command", entity_id = %entity_id);
-        let state = self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).instrument(span).await?;
+        let state = self.engine.process_command(entity_id, command).instrument(span).await?;
         Ok(Response::new(ProcessCommandResponse { state: state.state, meta: state.meta }))
     }
 
     async fn get_state(&self, request: Request<GetStateRequest>) -> Result<Response<GetStateResponse>, Status> {
         let entity_id = entity_id_of(request.into_inner().entity_id)?;
         let span = info_span!("get_state", entity_id = %entity_id);
-        let state = self.ask(entity_id, |reply| EntityMessage::GetState { reply }).instrument(span).await?;
+        let state = self.engine.get_state(entity_id).instrument(span).await?;
         Ok(Response::new(GetStateResponse { state: state.state, meta: state.meta }))
     }
 

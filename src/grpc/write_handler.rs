@@ -13,6 +13,7 @@ use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSi
 use crate::proto::chief_of_state::v1::{
     HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse,
 };
+use crate::write_side::WriteSide;
 
 /// A cheap, cloneable handle on the write handler.
 #[derive(Clone)]
@@ -61,9 +62,12 @@ impl WriteHandler {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.clients.len();
         self.inner.clients[i].clone()
     }
+}
 
+#[async_trait::async_trait]
+impl WriteSide for WriteHandler {
     /// Calls `HandleCommand` with `headers` as the outgoing metadata.
-    pub async fn handle_command(
+    async fn handle_command(
         &self,
         request: HandleCommandRequest,
         headers: MetadataMap,
@@ -75,13 +79,15 @@ impl WriteHandler {
     }
 
     /// Calls `HandleEvent`.
-    pub async fn handle_event(&self, request: HandleEventRequest) -> Result<HandleEventResponse, Status> {
+    async fn handle_event(&self, request: HandleEventRequest) -> Result<HandleEventResponse, Status> {
         let mut request = Request::new(request);
         request.set_timeout(self.inner.timeout);
         let mut client = self.client();
         self.bounded("HandleEvent", client.handle_event(request)).await
     }
+}
 
+impl WriteHandler {
     async fn bounded<T>(
         &self,
         method: &str,

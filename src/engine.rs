@@ -1,0 +1,152 @@
+//! The engine: the store, the entity actors, the read sides and the subscription hub of one node, without any
+//! server. [`Node`](crate::Node) puts gRPC in front of it; benchmarks and embedders drive it directly through
+//! an [`EngineHandle`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tonic::Status;
+
+use crate::actors::read_side_supervisor::{ReadSideSupervisor, SupervisorArgs, SupervisorMessage};
+use crate::actors::region::{RegionArgs, RegionMessage, ShardRegion};
+use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, EntitySettings};
+use crate::config::Config;
+use crate::config::read_sides::ReadSideSettings;
+use crate::grpc::manager::ReadSideManager;
+use crate::node::Error;
+use crate::persistence::{self, JournalSignals, Store};
+use crate::proto::chief_of_state::v1::StateWrapper;
+use crate::subscriptions::SubscriptionHub;
+use crate::write_side::WriteSide;
+
+/// A running engine.
+pub struct Engine {
+    handle: EngineHandle,
+    store: Arc<dyn Store>,
+    read_sides: Option<ActorRef<SupervisorMessage>>,
+    manager: Option<ReadSideManager>,
+    subscriptions: Option<SubscriptionHub>,
+}
+
+/// A cheap, cloneable way to send requests to the engine's entities.
+#[derive(Clone)]
+pub struct EngineHandle {
+    region: ActorRef<RegionMessage>,
+    ask_timeout: Duration,
+}
+
+impl Engine {
+    /// Opens the store and starts the actors. `read_sides` are used when `read_side.enabled`.
+    pub async fn start(
+        config: &Config,
+        handler: Arc<dyn WriteSide>,
+        read_sides: Vec<ReadSideSettings>,
+    ) -> Result<Engine, Error> {
+        config.validate()?;
+        let store = persistence::open(&config.store, config.entities.num_shards).await?;
+        let num_shards = config.entities.num_shards;
+        let journal_signals = Arc::new(JournalSignals::new(num_shards));
+        let subscriptions = config.subscriptions.enabled.then(|| SubscriptionHub::new(config.subscriptions.buffer));
+        let settings = EntitySettings {
+            store: store.clone(),
+            handler,
+            write_side: Arc::new(config.write_side.clone()),
+            snapshots: config.snapshots.clone(),
+            journal_signals: journal_signals.clone(),
+            subscriptions: subscriptions.clone(),
+        };
+        let passivation_idle = match config.entities.passivation_idle_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        let (region, _) =
+            Actor::spawn(None, ShardRegion, RegionArgs { num_shards, settings, passivation_idle }).await?;
+
+        let (read_side_supervisor, manager) = if config.read_side.enabled {
+            let ids = read_sides.iter().filter(|r| r.enabled).map(|r| r.id.clone()).collect();
+            let args = SupervisorArgs { read_sides, num_shards, store: store.clone(), journal_signals };
+            let (supervisor, _) = Actor::spawn(None, ReadSideSupervisor, args).await?;
+            let manager = ReadSideManager::new(supervisor.clone(), store.clone(), num_shards, ids);
+            (Some(supervisor), Some(manager))
+        } else {
+            (None, None)
+        };
+        let handle =
+            EngineHandle { region, ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs) };
+        Ok(Engine { handle, store, read_sides: read_side_supervisor, manager, subscriptions })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The read-side manager, when read sides are enabled.
+    pub fn read_side_manager(&self) -> Option<ReadSideManager> {
+        self.manager.clone()
+    }
+
+    /// The subscription hub, when subscriptions are enabled.
+    pub fn subscriptions(&self) -> Option<SubscriptionHub> {
+        self.subscriptions.clone()
+    }
+
+    /// Ends subscriptions (their streams would keep a server from draining).
+    pub fn close_subscriptions(&self) {
+        if let Some(hub) = &self.subscriptions {
+            hub.close();
+        }
+    }
+
+    /// Stops every actor (entities finish the message they are processing).
+    pub async fn shutdown(self) {
+        self.close_subscriptions();
+        let region = self.handle.region;
+        region.stop_children_and_wait(None, Some(Duration::from_secs(10))).await;
+        region.stop_and_wait(None, Some(Duration::from_secs(10))).await.ok();
+        if let Some(read_sides) = self.read_sides {
+            read_sides.stop_children_and_wait(None, Some(Duration::from_secs(10))).await;
+            read_sides.stop_and_wait(None, Some(Duration::from_secs(10))).await.ok();
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Processes a command; the reply comes once its events are durable.
+    pub async fn process_command(&self, entity_id: String, command: CommandEnvelope) -> Result<StateWrapper, Status> {
+        let command = Box::new(command);
+        self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).await
+    }
+
+    /// The current state of an entity (`NOT_FOUND` while it has no event).
+    pub async fn get_state(&self, entity_id: String) -> Result<StateWrapper, Status> {
+        self.ask(entity_id, |reply| EntityMessage::GetState { reply }).await
+    }
+
+    async fn ask(
+        &self,
+        entity_id: String,
+        message: impl FnOnce(ractor::RpcReplyPort<EntityReply>) -> EntityMessage,
+    ) -> Result<StateWrapper, Status> {
+        let id = entity_id.clone();
+        let call = self
+            .region
+            .call(|reply| RegionMessage::Route { entity_id, message: message(reply) }, Some(self.ask_timeout))
+            .await;
+        match call {
+            Ok(CallResult::Success(reply)) => reply.map_err(Status::from),
+            // As CoS: an ask timeout is INTERNAL. The command may still complete after this answer.
+            Ok(CallResult::Timeout) => Err(Status::internal(format!(
+                "Ask timed out on entity {id:?} after {} ms (COS_COMMAND_HANDLER_TIMEOUT); the command may still be applied",
+                self.ask_timeout.as_millis()
+            ))),
+            Ok(CallResult::SenderError) => Err(Status::unavailable(format!("entity {id:?} stopped before replying"))),
+            Err(_) => Err(Status::unavailable("the node is shutting down")),
+        }
+    }
+}
