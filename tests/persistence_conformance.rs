@@ -98,7 +98,41 @@ conformance_suite!(
     events_after_respects_after_and_limit,
     cursor_of_a_returned_row_resumes_right_after_it,
     multi_event_appends_come_back_in_revision_order,
+    a_conflict_fails_only_its_own_append_among_concurrent_ones,
 );
+
+/// Appends of many entities are batched into shared transactions: one that conflicts must not take its
+/// batch-mates down with it, and none of them may be partly written.
+async fn a_conflict_fails_only_its_own_append_among_concurrent_ones(backend: Backend) {
+    let store = backend.open().await;
+    store.append("taken", 0, &events("taken", 1..=2)).await.unwrap();
+    for round in 0..5 {
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..64 {
+            let store = store.clone();
+            writers.spawn(async move {
+                if writer == 32 {
+                    // Revision 2 exists: this append (2..=3) conflicts as a whole.
+                    ("taken".to_string(), store.append("taken", 0, &events("taken", 2..=3)).await)
+                } else {
+                    let id = format!("r{round}-w{writer}");
+                    let outcome = store.append(&id, writer % 4, &events(&id, 1..=2)).await;
+                    (id, outcome)
+                }
+            });
+        }
+        while let Some(joined) = writers.join_next().await {
+            let (id, outcome) = joined.expect("writer task");
+            if id == "taken" {
+                assert_conflict(outcome, "taken", 2);
+            } else {
+                outcome.unwrap_or_else(|e| panic!("{id} failed with its batch-mate's conflict: {e}"));
+                assert_eq!(store.read_events(&id, 0).await.unwrap(), events(&id, 1..=2));
+            }
+        }
+        assert_eq!(store.highest_revision("taken").await.unwrap(), 2, "nothing of the conflicting append is stored");
+    }
+}
 
 fn event(entity_id: &str, revision: u64) -> PersistedEvent {
     PersistedEvent { revision, payload: Bytes::from(format!("{entity_id}@{revision}")) }

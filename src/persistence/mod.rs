@@ -8,6 +8,7 @@
 //! exactly as Chief of State stores them. Both backends record the number of shards at first boot and refuse to
 //! open with a different one. Both pass the same conformance suite (`tests/persistence_conformance.rs`).
 
+pub mod batching;
 mod migrations;
 pub mod postgres;
 pub mod sqlite;
@@ -36,7 +37,7 @@ pub struct Snapshot {
 }
 
 /// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Another writer already stored this revision of the entity (unique-key violation): the caller's view of
     /// the entity is stale and it must not acknowledge anything.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use super::batching::{AppendRequest, BatchLimits, BatchWriter, Batcher};
 use super::migrations::{self, Migration};
 use super::*;
 use crate::config::PostgresConfig;
@@ -24,6 +25,10 @@ use crate::config::PostgresConfig;
 /// the store reports itself [`Error::Unavailable`].
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most events written in one journal transaction.
+const MAX_BATCH_EVENTS: usize = 500;
+/// Appends waiting for a writer before entities wait to enqueue (back-pressure).
+const BATCH_QUEUE: usize = 4096;
 
 /// First key of the advisory lock that serialises migrations (the second is the hashed schema name), so that two
 /// nodes booting at once do not both migrate the same schema.
@@ -32,6 +37,13 @@ const MIGRATION_LOCK_CLASS: i32 = 0x5245_4745; // "REGE"
 /// The journal and snapshots in PostgreSQL.
 #[derive(Clone)]
 pub struct PostgresStore {
+    pool: Pool,
+    /// Journal appends go through here: many entities' appends share one transaction under load.
+    batcher: Batcher,
+}
+
+/// The journal writer behind the [`Batcher`].
+struct JournalWriter {
     pool: Pool,
 }
 
@@ -56,7 +68,14 @@ impl PostgresStore {
         check_num_shards(&client, num_shards).await?;
         drop(client);
         spawn_reaper(&pool, config);
-        Ok(Self { pool })
+        // Writers leave at least one connection of the pool to reads, snapshots and read sides.
+        let limits = BatchLimits {
+            writers: (config.pool_max_size / 2).clamp(1, 4),
+            max_events: MAX_BATCH_EVENTS,
+            queue: BATCH_QUEUE,
+        };
+        let batcher = Batcher::spawn(Arc::new(JournalWriter { pool: pool.clone() }), limits);
+        Ok(Self { pool, batcher })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
@@ -294,13 +313,44 @@ fn shard_to_sql(shard: u32) -> Result<i32> {
 }
 
 #[async_trait]
-impl Journal for PostgresStore {
-    async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
-        let Some(first) = events.first() else { return Ok(()) };
-        let shard = shard_to_sql(shard)?;
-        let revisions = events.iter().map(|e| revision_to_sql(e.revision)).collect::<Result<Vec<_>>>()?;
-        let payloads = events.iter().map(|e| e.payload.as_ref()).collect::<Vec<&[u8]>>();
-        let client = self.client().await?;
+impl BatchWriter for JournalWriter {
+    async fn write_batch(&self, batch: &[AppendRequest]) -> Result<()> {
+        let rows = batch.iter().map(|r| r.events.len()).sum();
+        let (mut ids, mut shards, mut revisions, mut payloads) =
+            (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
+        for request in batch {
+            let shard = shard_to_sql(request.shard)?;
+            for event in &request.events {
+                ids.push(request.entity_id.as_str());
+                shards.push(shard);
+                revisions.push(revision_to_sql(event.revision)?);
+                payloads.push(event.payload.as_ref());
+            }
+        }
+        let client = self.pool.get().await.map_err(map_error)?;
+        // One statement, so one implicit transaction: every append of the batch or none.
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
+                 SELECT e.entity_id, e.revision, e.shard, $1, e.payload \
+                 FROM unnest($2::TEXT[], $3::BIGINT[], $4::INT[], $5::BYTEA[]) AS e(entity_id, revision, shard, payload)",
+            )
+            .await
+            .map_err(map_error)?;
+        let first = &batch[0];
+        client
+            .execute(&insert, &[&now_millis(), &ids, &revisions, &shards, &payloads])
+            .await
+            .map_err(|e| map_write_error(e, &first.entity_id, first.events[0].revision))?;
+        Ok(())
+    }
+
+    async fn write_one(&self, request: &AppendRequest) -> Result<()> {
+        let entity_id = request.entity_id.as_str();
+        let shard = shard_to_sql(request.shard)?;
+        let revisions = request.events.iter().map(|e| revision_to_sql(e.revision)).collect::<Result<Vec<_>>>()?;
+        let payloads = request.events.iter().map(|e| e.payload.as_ref()).collect::<Vec<&[u8]>>();
+        let client = self.pool.get().await.map_err(map_error)?;
         // One statement, so one implicit transaction: all the events or none.
         let insert = client
             .prepare_cached(
@@ -312,8 +362,15 @@ impl Journal for PostgresStore {
         client
             .execute(&insert, &[&entity_id, &shard, &now_millis(), &revisions, &payloads])
             .await
-            .map_err(|e| map_write_error(e, entity_id, first.revision))?;
+            .map_err(|e| map_write_error(e, entity_id, request.events[0].revision))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Journal for PostgresStore {
+    async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
+        self.batcher.append(entity_id, shard, events).await
     }
 
     async fn read_events(&self, entity_id: &str, after_revision: u64) -> Result<Vec<PersistedEvent>> {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+use super::batching::{AppendRequest, BatchLimits, BatchWriter, Batcher};
 use super::migrations::{self, Migration};
 use super::*;
 
@@ -23,7 +24,19 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Journal appends go through here: concurrent appends share one transaction (and one fsync).
+    batcher: Batcher,
 }
+
+/// The journal writer behind the [`Batcher`].
+struct JournalWriter {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Most events written in one journal transaction.
+const MAX_BATCH_EVENTS: usize = 500;
+/// Appends waiting for the writer before entities wait to enqueue (back-pressure).
+const BATCH_QUEUE: usize = 4096;
 
 impl SqliteStore {
     /// Creates `data_dir` and its database file if missing, applies pending migrations and checks that the
@@ -33,7 +46,11 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || open_blocking(&data_dir, num_shards))
             .await
             .map_err(|e| Error::Backend(format!("sqlite open task failed: {e}")))??;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        let conn = Arc::new(Mutex::new(conn));
+        // One writer: SQLite writes are serial anyway; batching is what saves commits.
+        let limits = BatchLimits { writers: 1, max_events: MAX_BATCH_EVENTS, queue: BATCH_QUEUE };
+        let batcher = Batcher::spawn(Arc::new(JournalWriter { conn: conn.clone() }), limits);
+        Ok(Self { conn, batcher })
     }
 
     /// Runs `op` on the connection, on the blocking pool.
@@ -42,10 +59,72 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let mut conn = self.conn.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || op(&mut conn))
-            .await
-            .map_err(|e| Error::Backend(format!("sqlite task failed: {e}")))?
+        run(&self.conn, op).await
+    }
+}
+
+/// Runs `op` on the connection, on the blocking pool.
+async fn run<T, F>(conn: &Arc<Mutex<Connection>>, op: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+{
+    let mut conn = conn.clone().lock_owned().await;
+    tokio::task::spawn_blocking(move || op(&mut conn))
+        .await
+        .map_err(|e| Error::Backend(format!("sqlite task failed: {e}")))?
+}
+
+/// Rows of one append, ready for the blocking task.
+struct Rows {
+    entity_id: String,
+    shard: u32,
+    rows: Vec<(i64, Bytes)>,
+}
+
+impl Rows {
+    fn of(request: &AppendRequest) -> Result<Self> {
+        let rows = request
+            .events
+            .iter()
+            .map(|e| Ok((revision_to_sql(e.revision)?, e.payload.clone())))
+            .collect::<Result<Vec<(i64, Bytes)>>>()?;
+        Ok(Self { entity_id: request.entity_id.clone(), shard: request.shard, rows })
+    }
+}
+
+/// Inserts `appends` in one transaction: all or none.
+fn insert_all(conn: &mut Connection, appends: &[Rows]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO journal (entity_id, revision, shard, written_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(map_error)?;
+        let written_at = now_millis();
+        for append in appends {
+            let first = append.rows.first().map_or(0, |(r, _)| *r as u64);
+            for (revision, payload) in &append.rows {
+                insert
+                    .execute(params![append.entity_id, revision, append.shard, written_at, payload.as_ref()])
+                    .map_err(|e| map_write_error(e, &append.entity_id, first))?;
+            }
+        }
+    }
+    tx.commit().map_err(map_error)
+}
+
+#[async_trait]
+impl BatchWriter for JournalWriter {
+    async fn write_batch(&self, batch: &[AppendRequest]) -> Result<()> {
+        let appends = batch.iter().map(Rows::of).collect::<Result<Vec<_>>>()?;
+        run(&self.conn, move |conn| insert_all(conn, &appends)).await
+    }
+
+    async fn write_one(&self, request: &AppendRequest) -> Result<()> {
+        let append = [Rows::of(request)?];
+        run(&self.conn, move |conn| insert_all(conn, &append)).await
     }
 }
 
@@ -139,33 +218,7 @@ fn map_write_error(err: rusqlite::Error, entity_id: &str, revision: u64) -> Erro
 #[async_trait]
 impl Journal for SqliteStore {
     async fn append(&self, entity_id: &str, shard: u32, events: &[PersistedEvent]) -> Result<()> {
-        let Some(first) = events.first() else { return Ok(()) };
-        let first = first.revision;
-        let entity_id = entity_id.to_owned();
-        let rows = events
-            .iter()
-            .map(|e| Ok((revision_to_sql(e.revision)?, e.payload.clone())))
-            .collect::<Result<Vec<(i64, Bytes)>>>()?;
-        self.with_conn(move |conn| {
-            let conflict = |e| map_write_error(e, &entity_id, first);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
-            {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .map_err(map_error)?;
-                let written_at = now_millis();
-                for (revision, payload) in &rows {
-                    insert
-                        .execute(params![entity_id, revision, shard, written_at, payload.as_ref()])
-                        .map_err(conflict)?;
-                }
-            }
-            tx.commit().map_err(map_error)
-        })
-        .await
+        self.batcher.append(entity_id, shard, events).await
     }
 
     async fn read_events(&self, entity_id: &str, after_revision: u64) -> Result<Vec<PersistedEvent>> {
