@@ -346,24 +346,7 @@ impl BatchWriter for JournalWriter {
     }
 
     async fn write_one(&self, request: &AppendRequest) -> Result<()> {
-        let entity_id = request.entity_id.as_str();
-        let shard = shard_to_sql(request.shard)?;
-        let revisions = request.events.iter().map(|e| revision_to_sql(e.revision)).collect::<Result<Vec<_>>>()?;
-        let payloads = request.events.iter().map(|e| e.payload.as_ref()).collect::<Vec<&[u8]>>();
-        let client = self.pool.get().await.map_err(map_error)?;
-        // One statement, so one implicit transaction: all the events or none.
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
-                 SELECT $1, e.revision, $2, $3, e.payload FROM unnest($4::BIGINT[], $5::BYTEA[]) AS e(revision, payload)",
-            )
-            .await
-            .map_err(map_error)?;
-        client
-            .execute(&insert, &[&entity_id, &shard, &now_millis(), &revisions, &payloads])
-            .await
-            .map_err(|e| map_write_error(e, entity_id, request.events[0].revision))?;
-        Ok(())
+        self.write_batch(std::slice::from_ref(request)).await
     }
 }
 
