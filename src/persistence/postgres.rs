@@ -85,7 +85,7 @@ impl PostgresStore {
 
 /// Accepts only a plain SQL identifier (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`), the one piece of configuration that is
 /// spliced into SQL text.
-fn validate_identifier(name: &str) -> Result<()> {
+pub(crate) fn validate_identifier(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -99,21 +99,12 @@ fn validate_identifier(name: &str) -> Result<()> {
     }
 }
 
-fn build_pool(config: &PostgresConfig) -> Result<Pool> {
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&config.host)
-        .port(config.port)
-        .user(&config.user)
-        .dbname(&config.database)
-        // Tells an operator (and the tests) which schema a session serves; the server truncates it to 63 bytes.
-        .application_name(format!("regent:{}", config.schema))
-        .connect_timeout(CONNECT_TIMEOUT)
-        // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
-        .options(format!("-c search_path=\"{}\"", config.schema));
-    if !config.password.is_empty() {
-        pg.password(&config.password);
-    }
-    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+pub(crate) fn build_pool(config: &PostgresConfig) -> Result<Pool> {
+    let manager = Manager::from_config(
+        connection_config(config),
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
     let limits = ConnectionLimits::new(config);
     Pool::builder(manager)
         .max_size(config.pool_max_size.max(1))
@@ -132,6 +123,25 @@ fn build_pool(config: &PostgresConfig) -> Result<Pool> {
         }))
         .build()
         .map_err(|e| Error::Misconfigured(format!("cannot build the PostgreSQL pool: {e}")))
+}
+
+/// The settings of one connection to the configured schema (`search_path` set to it), as the pool opens them;
+/// the cluster's lease keeper opens its dedicated connection with these too.
+pub(crate) fn connection_config(config: &PostgresConfig) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&config.host)
+        .port(config.port)
+        .user(&config.user)
+        .dbname(&config.database)
+        // Tells an operator (and the tests) which schema a session serves; the server truncates it to 63 bytes.
+        .application_name(format!("regent:{}", config.schema))
+        .connect_timeout(CONNECT_TIMEOUT)
+        // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
+        .options(format!("-c search_path=\"{}\"", config.schema));
+    if !config.password.is_empty() {
+        pg.password(&config.password);
+    }
+    pg
 }
 
 /// The pool's idle timeout and maximum lifetime, which deadpool enforces through hooks rather than settings.
@@ -232,7 +242,7 @@ async fn check_num_shards(client: &deadpool_postgres::Client, num_shards: u32) -
 
 /// A failure of the pool or of PostgreSQL, before classification.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Pool(PoolError),
     Postgres(tokio_postgres::Error),
 }
@@ -252,7 +262,7 @@ impl From<tokio_postgres::Error> for Failure {
 /// The one classification of PostgreSQL failures: lost or refused connections, an exhausted pool and a server
 /// shutting down are [`Error::Unavailable`]; everything else is [`Error::Backend`]. (A unique violation on the
 /// journal's key is turned into [`Error::Conflict`] by [`map_write_error`], which knows the write.)
-fn map_error(err: impl Into<Failure>) -> Error {
+pub(crate) fn map_error(err: impl Into<Failure>) -> Error {
     let err = match err.into() {
         Failure::Pool(PoolError::Backend(err)) => err,
         Failure::Pool(PoolError::Timeout(kind)) => {

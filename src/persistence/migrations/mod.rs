@@ -25,6 +25,7 @@ pub(crate) const POSTGRES: &[Migration] = migrations!("postgres":
     2 => "0002_snapshots",
     3 => "0003_settings",
     4 => "0004_read_sides",
+    5 => "0005_cluster",
 );
 
 /// SQLite's migrations, in order.
@@ -33,6 +34,7 @@ pub(crate) const SQLITE: &[Migration] = migrations!("sqlite":
     2 => "0002_snapshots",
     3 => "0003_settings",
     4 => "0004_read_sides",
+    5 => "0005_cluster",
 );
 
 #[cfg(test)]
