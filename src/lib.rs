@@ -12,7 +12,8 @@
 //! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
 //! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
 //! - [`persistence`]: journal and snapshot store traits, with PostgreSQL and embedded SQLite backends.
-//! - [`cluster`]: membership, sharding coordinator, split-brain resolver (placeholder for now).
+//! - [`cluster`]: the PostgreSQL-refereed membership, leases, lease keeper and split-brain rules (not wired into
+//!   the node yet: see the cluster issue).
 //! - [`example`]: the bundled bank-account write handler used by the quick start.
 //! - [`cli`]: the `regent` command line (clap definitions).
 //! - [`proto`]: the generated protobuf messages and gRPC services.
