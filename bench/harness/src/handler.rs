@@ -17,7 +17,33 @@ const STATE: &str = "type.googleapis.com/regent.bench.State";
 
 /// Emits one event of `payload` bytes (at least 8) per command.
 pub struct PaddedHandler {
-    pub payload: usize,
+    /// The event's bytes after the counter: pseudo-random, so that PostgreSQL cannot compress them away.
+    padding: Vec<u8>,
+}
+
+impl PaddedHandler {
+    pub fn new(payload: usize) -> PaddedHandler {
+        PaddedHandler { padding: noise(payload.saturating_sub(8)) }
+    }
+}
+
+/// `n` pseudo-random bytes (xorshift64*): incompressible filler, the same on every run.
+pub fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// `n` pseudo-random printable characters (6 bits of entropy each), for string fields.
+pub fn noise_text(n: usize) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    noise(n).into_iter().map(|b| ALPHABET[(b & 63) as usize] as char).collect()
 }
 
 fn counter(bytes: &[u8]) -> u64 {
@@ -42,7 +68,7 @@ impl WriteSide for PaddedHandler {
             (other, _) => return Err(Status::invalid_argument(format!("unknown command {other}"))),
         }
         let mut value = (prior.unwrap_or(0) + 1).to_le_bytes().to_vec();
-        value.resize(self.payload.max(8), b'x');
+        value.extend_from_slice(&self.padding);
         #[allow(deprecated)]
         Ok(HandleCommandResponse { event: None, events: vec![Any { type_url: EVENT.into(), value }] })
     }

@@ -141,7 +141,7 @@ pub fn spread(ids: &[String], clients: usize, per_entity: u64) -> Vec<Client> {
             } else {
                 ids.iter().skip(k).step_by(clients).cloned().collect()
             };
-            let remaining = if ids.len() < clients { u64::MAX } else { own.len() as u64 * per_entity };
+            let remaining = if ids.len() < clients { u64::MAX } else { (own.len() as u64).saturating_mul(per_entity) };
             Client { index: k, ids: own, pos: 0, remaining }
         })
         .collect()

@@ -376,7 +376,10 @@ fn proc_field(file: &str, key: &str) -> String {
 /// The commands of a lane: (create, update).
 fn commands(lane: Lane, handler: EngineHandler, payload: usize) -> (Any, Any) {
     if lane == Lane::Full || handler == EngineHandler::Bank {
-        (pack(&OpenAccount { owner: "x".repeat(payload.max(1)), initial_balance: 0 }), pack(&Deposit { amount: 1 }))
+        (
+            pack(&OpenAccount { owner: handler::noise_text(payload.max(1)), initial_balance: 0 }),
+            pack(&Deposit { amount: 1 }),
+        )
     } else {
         (
             Any { type_url: handler::CREATE.into(), value: vec![] },
@@ -500,7 +503,7 @@ async fn one_run(env: &Env, index: usize, spec: &RunSpec) -> anyhow::Result<RunR
         }
         Lane::Engine => {
             let handler: Arc<dyn WriteSide> = match plan.engine_handler {
-                EngineHandler::Padded => Arc::new(handler::PaddedHandler { payload: spec.payload }),
+                EngineHandler::Padded => Arc::new(handler::PaddedHandler::new(spec.payload)),
                 EngineHandler::Bank => Arc::new(BankHandler),
             };
             let e = Engine::start(&env.engine_config(&schema, spec.snapshots), handler, vec![])

@@ -150,7 +150,10 @@ pub async fn pgbench_setup(client: &Client, schema: &str) -> anyhow::Result<()> 
              CREATE UNIQUE INDEX ON {schema}.journal (ordering);
              CREATE INDEX ON {schema}.journal (shard, ordering);
              CREATE INDEX ON {schema}.journal (shard, tx_id, ordering);
-             CREATE SEQUENCE {schema}.rev;"
+             CREATE SEQUENCE {schema}.rev;
+             -- Incompressible payloads (PostgreSQL compresses values over ~2 kB): one row per size, copied into
+             -- each inserted row.
+             CREATE TABLE {schema}.pad (n INT PRIMARY KEY, p BYTEA NOT NULL);"
         ))
         .await?;
     Ok(())
@@ -168,13 +171,21 @@ pub struct Pgbench<'a> {
 /// Runs pgbench with one journal-shaped INSERT per transaction (autocommit) at `clients`.
 pub async fn pgbench(b: &Pgbench<'_>, clients: usize, payload: usize, secs: u64) -> anyhow::Result<PgbenchResult> {
     let Pgbench { bin: pgbench, target, client, schema, dir } = *b;
+    let pad = crate::handler::noise(payload);
+    client
+        .execute(
+            &format!("INSERT INTO {schema}.pad (n, p) VALUES ($1, $2) ON CONFLICT (n) DO NOTHING"),
+            &[&(payload as i32), &pad],
+        )
+        .await?;
     let script = dir.join(format!("pgbench-{payload}.sql"));
     std::fs::write(
         &script,
         format!(
             "\\set e random(1, 1000000)\n\
-             INSERT INTO {schema}.journal (entity_id, revision, shard, written_at, payload) VALUES \
-             ('e-' || :client_id || '-' || :e, nextval('{schema}.rev'), :e % 16, 0, convert_to(repeat('x', {payload}), 'UTF8'));\n"
+             INSERT INTO {schema}.journal (entity_id, revision, shard, written_at, payload) \
+             SELECT 'e-' || :client_id || '-' || :e, nextval('{schema}.rev'), :e % 16, 0, p \
+             FROM {schema}.pad WHERE n = {payload};\n"
         ),
     )?;
     let before = stats(client).await?;
