@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the benchmark harness end to end: a throw-away PostgreSQL (scripts/pg.sh, port 55450 unless
+# REGENT_PG_PORT is set), release builds of the node and the harness, then regent-bench with the given flags
+# (default: --quick). Results: target/regent-bench/results.json, and the tables on stdout.
+#
+#   bench/harness/run.sh            # quick preset (< 3 min on 2 cores, after the build)
+#   bench/harness/run.sh --full     # every shape × concurrency × payload × snapshot setting (~45 min)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export REGENT_PG_PORT=${REGENT_PG_PORT:-55450}
+# shellcheck source=../../scripts/pg.sh
+source scripts/pg.sh
+pg_start
+trap pg_stop EXIT
+cargo build --release --bin regent
+cargo build --release -p regent-bench
+args=("$@")
+if [ ${#args[@]} -eq 0 ]; then
+  args=(--quick)
+elif [ "${args[0]}" = --full ]; then
+  args=("${args[@]:1}")
+fi
+target/release/regent-bench --pg-url "$REGENT_TEST_DATABASE_URL" "${args[@]}"
