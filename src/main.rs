@@ -14,6 +14,10 @@ use regent::proto::chief_of_state::v1::chief_of_state_service_client::ChiefOfSta
 use regent::proto::chief_of_state::v1::{GetStateRequest, MetaData, ProcessCommandRequest};
 use regent::{Node, telemetry};
 
+/// glibc's allocator spends ~15 % of the node's CPU under load (perf, docs/performance.md); mimalloc much less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
