@@ -34,6 +34,16 @@ impl ChiefOfState {
     fn hub(&self) -> Result<&SubscriptionHub, Status> {
         self.subscriptions.as_ref().ok_or_else(|| Status::unimplemented(SUBSCRIPTIONS_DISABLED))
     }
+
+    /// Ends a subscription (Unsubscribe and UnsubscribeAll alike); answers with its id, active or not.
+    fn end_subscription(&self, subscription_id: String) -> Result<String, Status> {
+        let hub = self.hub()?;
+        if subscription_id.is_empty() {
+            return Err(Status::invalid_argument("subscription_id is required"));
+        }
+        hub.unsubscribe(&subscription_id);
+        Ok(subscription_id)
+    }
 }
 
 fn entity_id_of(entity_id: String) -> Result<String, Status> {
@@ -116,12 +126,7 @@ impl ChiefOfStateService for ChiefOfState {
     }
 
     async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
-        let hub = self.hub()?;
-        let subscription_id = request.into_inner().subscription_id;
-        if subscription_id.is_empty() {
-            return Err(Status::invalid_argument("subscription_id is required"));
-        }
-        hub.unsubscribe(&subscription_id);
+        let subscription_id = self.end_subscription(request.into_inner().subscription_id)?;
         Ok(Response::new(UnsubscribeResponse { subscription_id }))
     }
 
@@ -129,12 +134,7 @@ impl ChiefOfStateService for ChiefOfState {
         &self,
         request: Request<UnsubscribeAllRequest>,
     ) -> Result<Response<UnsubscribeAllResponse>, Status> {
-        let hub = self.hub()?;
-        let subscription_id = request.into_inner().subscription_id;
-        if subscription_id.is_empty() {
-            return Err(Status::invalid_argument("subscription_id is required"));
-        }
-        hub.unsubscribe(&subscription_id);
+        let subscription_id = self.end_subscription(request.into_inner().subscription_id)?;
         Ok(Response::new(UnsubscribeAllResponse { subscription_id }))
     }
 }
