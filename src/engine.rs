@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::config::read_sides::ReadSideSettings;
 use crate::grpc::manager::ReadSideManager;
 use crate::node::Error;
-use crate::persistence::{self, JournalSignals, Store};
+use crate::persistence::{self, JournalSignals};
 use crate::proto::chief_of_state::v1::StateWrapper;
 use crate::subscriptions::SubscriptionHub;
 use crate::write_side::WriteSide;
@@ -24,7 +24,6 @@ use crate::write_side::WriteSide;
 /// A running engine.
 pub struct Engine {
     handle: EngineHandle,
-    store: Arc<dyn Store>,
     read_sides: Option<ActorRef<SupervisorMessage>>,
     manager: Option<ReadSideManager>,
     subscriptions: Option<SubscriptionHub>,
@@ -75,15 +74,11 @@ impl Engine {
         };
         let handle =
             EngineHandle { region, ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs) };
-        Ok(Engine { handle, store, read_sides: read_side_supervisor, manager, subscriptions })
+        Ok(Engine { handle, read_sides: read_side_supervisor, manager, subscriptions })
     }
 
     pub fn handle(&self) -> EngineHandle {
         self.handle.clone()
-    }
-
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
     }
 
     /// The read-side manager, when read sides are enabled.

@@ -119,9 +119,4 @@ impl SubscriptionHub {
             let _ = cancel.send(());
         }
     }
-
-    /// How many subscriptions are active.
-    pub fn active(&self) -> usize {
-        self.active.lock().expect("subscription registry poisoned").as_ref().map_or(0, HashMap::len)
-    }
 }

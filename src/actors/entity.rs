@@ -208,11 +208,16 @@ impl EntityState {
             if write_side.proto_validation && !type_allowed(&resulting.type_url, &write_side.state_protos) {
                 return Err(CommandError::InvalidArgument(format!("invalid state: {}", resulting.type_url)));
             }
-            let wrapper =
-                EventWrapper { event: Some(event), resulting_state: Some(resulting.clone()), meta: Some(meta.clone()) };
+            let mut wrapper =
+                EventWrapper { event: Some(event), resulting_state: Some(resulting), meta: Some(meta.clone()) };
             rows.push(PersistedEvent { revision, payload: Bytes::from(wrapper.encode_to_vec()) });
-            wrappers.push(wrapper);
-            state = Some(resulting);
+            // Keep the wrapper for subscribers only when there are any: otherwise the state moves, uncopied.
+            if settings.subscriptions.is_some() {
+                state = wrapper.resulting_state.clone();
+                wrappers.push(wrapper);
+            } else {
+                state = wrapper.resulting_state.take();
+            }
         }
 
         if let Err(e) = settings.store.append(&self.entity_id, self.shard, &rows).await {

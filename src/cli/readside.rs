@@ -6,6 +6,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use tonic::transport::Channel;
 
 use super::{ReadsideCommand, ReadsideTarget};
+use crate::actors::ReadSideOp;
 use crate::proto::chief_of_state::v1::read_side_manager_service_client::ReadSideManagerServiceClient;
 use crate::proto::chief_of_state::v1::*;
 use crate::proto::regent::v1::ListReadSidesRequest;
@@ -75,51 +76,44 @@ pub async fn run(command: ReadsideCommand) -> anyhow::Result<()> {
             }
             println!("{table}");
         }
-        ReadsideCommand::Pause(t) => act(t, "paused", Op::Pause).await?,
-        ReadsideCommand::Resume(t) => act(t, "resumed", Op::Resume).await?,
-        ReadsideCommand::Restart(t) => act(t, "restarted", Op::Restart).await?,
-        ReadsideCommand::Skip(t) => act(t, "skipped an event", Op::Skip).await?,
+        ReadsideCommand::Pause(t) => act(t, "paused", ReadSideOp::Pause).await?,
+        ReadsideCommand::Resume(t) => act(t, "resumed", ReadSideOp::Resume).await?,
+        ReadsideCommand::Restart(t) => act(t, "restarted", ReadSideOp::Restart).await?,
+        ReadsideCommand::Skip(t) => act(t, "skipped an event", ReadSideOp::Skip).await?,
     }
     Ok(())
 }
 
-enum Op {
-    Pause,
-    Resume,
-    Restart,
-    Skip,
-}
-
-async fn act(target: ReadsideTarget, done: &str, op: Op) -> anyhow::Result<()> {
+async fn act(target: ReadsideTarget, done: &str, op: ReadSideOp) -> anyhow::Result<()> {
     let mut client = ReadSideManagerServiceClient::new(channel(&target.node.node).await?);
     let id = target.read_side_id.clone();
     let successful = match (op, target.shard) {
-        (Op::Pause, None) => {
+        (ReadSideOp::Pause, None) => {
             client.pause_read_side(PauseReadSideRequest { read_side_id: id }).await.map(|r| r.into_inner().successful)
         }
-        (Op::Pause, Some(shard)) => client
+        (ReadSideOp::Pause, Some(shard)) => client
             .pause_read_side_by_shard(PauseReadSideByShardRequest { read_side_id: id, cluster_shard_number: shard })
             .await
             .map(|r| r.into_inner().successful),
-        (Op::Resume, None) => {
+        (ReadSideOp::Resume, None) => {
             client.resume_read_side(ResumeReadSideRequest { read_side_id: id }).await.map(|r| r.into_inner().successful)
         }
-        (Op::Resume, Some(shard)) => client
+        (ReadSideOp::Resume, Some(shard)) => client
             .resume_read_side_by_shard(ResumeReadSideByShardRequest { read_side_id: id, cluster_shard_number: shard })
             .await
             .map(|r| r.into_inner().successful),
-        (Op::Restart, None) => client
+        (ReadSideOp::Restart, None) => client
             .restart_read_side(RestartReadSideRequest { read_side_id: id })
             .await
             .map(|r| r.into_inner().successful),
-        (Op::Restart, Some(shard)) => client
+        (ReadSideOp::Restart, Some(shard)) => client
             .restart_read_side_by_shard(RestartReadSideByShardRequest { read_side_id: id, cluster_shard_number: shard })
             .await
             .map(|r| r.into_inner().successful),
-        (Op::Skip, None) => {
+        (ReadSideOp::Skip, None) => {
             client.skip_offset(SkipOffsetRequest { read_side_id: id }).await.map(|r| r.into_inner().successful)
         }
-        (Op::Skip, Some(shard)) => client
+        (ReadSideOp::Skip, Some(shard)) => client
             .skip_offset_by_shard(SkipOffsetByShardRequest { read_side_id: id, cluster_shard_number: shard })
             .await
             .map(|r| r.into_inner().successful),

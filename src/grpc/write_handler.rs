@@ -25,7 +25,6 @@ struct Inner {
     clients: Vec<WriteSideHandlerServiceClient<Channel>>,
     next: AtomicUsize,
     timeout: Duration,
-    max_message_bytes: usize,
 }
 
 impl WriteHandler {
@@ -50,12 +49,7 @@ impl WriteHandler {
                     .max_encoding_message_size(max_message_bytes)
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, max_message_bytes }) })
-    }
-
-    /// The largest message this client sends or accepts.
-    pub fn max_message_bytes(&self) -> usize {
-        self.inner.max_message_bytes
+        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout }) })
     }
 
     fn client(&self) -> WriteSideHandlerServiceClient<Channel> {
