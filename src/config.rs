@@ -33,6 +33,8 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     pub read_side: ReadSideConfig,
     pub subscriptions: SubscriptionConfig,
+    pub cluster: ClusterConfig,
+    pub admin: AdminConfig,
 }
 
 /// The client-facing gRPC listener.
@@ -171,6 +173,113 @@ pub struct SubscriptionConfig {
     pub buffer: usize,
 }
 
+/// Clustering: several nodes sharing one PostgreSQL (see `docs/cluster.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `REGENT_CLUSTER_ENABLED`: join the cluster of every node using the same PostgreSQL database and schema.
+    pub enabled: bool,
+    /// `REGENT_NODE_NAME`: this node's stable name (empty = the host name).
+    pub node_name: String,
+    /// `REGENT_CLUSTER_HOST`: the address other nodes reach this one at (empty = `POD_IP`, else the host name).
+    pub host: String,
+    /// `REGENT_CLUSTER_PORT`: the node-to-node listener (0 = pick a free port).
+    pub port: u16,
+    /// `REGENT_CLUSTER_BIND_ADDRESS`: the node-to-node listener's bind address.
+    pub bind_address: String,
+    /// `REGENT_CLUSTER_SEEDS`: `host:port` of nodes to contact besides those the database lists.
+    pub seeds: Vec<String>,
+    /// `REGENT_CLUSTER_COOKIE`: the secret every node of the cluster shares (required).
+    pub cookie: String,
+    /// `COS_DEPLOYMENT_MODE`: `docker` (DNS discovery of `COS_SERVICE_NAME`) or `kubernetes`.
+    pub deployment_mode: String,
+    /// `COS_REPLICA_COUNT`: the number of nodes the first node waits for before the cluster forms.
+    pub replica_count: usize,
+    /// `POD_IP`: this pod's address (Kubernetes).
+    pub pod_ip: String,
+    /// `COS_KUBERNETES_APP_LABEL`: the `app` label of the pods of this cluster (Kubernetes discovery).
+    pub kubernetes_app_label: String,
+    /// `REGENT_CLUSTER_LEASE_TTL_MS`: a node that could not renew its lease for this long stops writing and exits.
+    pub lease_ttl_ms: u64,
+    /// `REGENT_CLUSTER_HEARTBEAT_INTERVAL_MS`: node-to-node heartbeats and membership polling.
+    pub heartbeat_interval_ms: u64,
+    /// `REGENT_CLUSTER_ACCEPTABLE_HEARTBEAT_PAUSE_MS`: the failure detector's tolerance.
+    pub acceptable_heartbeat_pause_ms: u64,
+    /// The phi-accrual failure detector's threshold.
+    pub phi_threshold: f64,
+    /// `REGENT_SBR_STRATEGY`: `keep-majority`, `static-quorum`, `keep-oldest`, `down-all` or `lease-majority`.
+    pub sbr_strategy: String,
+    /// `REGENT_SBR_STABLE_AFTER_MS`: how long membership and reachability must be stable before the
+    /// split-brain resolver decides.
+    pub sbr_stable_after_ms: u64,
+    /// `REGENT_SBR_DOWN_ALL_WHEN_UNSTABLE`
+    pub sbr_down_all_when_unstable: bool,
+    /// `REGENT_SBR_QUORUM_SIZE`: for `static-quorum`.
+    pub sbr_quorum_size: usize,
+    /// `REGENT_SBR_DOWN_IF_ALONE`: for `keep-oldest`.
+    pub sbr_down_if_alone: bool,
+    /// `REGENT_SHARDING_REBALANCE_INTERVAL_MS`
+    pub rebalance_interval_ms: u64,
+    /// `REGENT_SHARDING_REBALANCE_ABSOLUTE_LIMIT`: at most this many shards move per rebalance round.
+    pub rebalance_absolute_limit: usize,
+    /// At most this fraction of the shards move per rebalance round.
+    pub rebalance_relative_limit: f64,
+    /// `REGENT_SHARDING_HANDOFF_TIMEOUT_MS`: how long a shard's entities get to stop when it moves.
+    pub handoff_timeout_ms: u64,
+    /// `REGENT_CLUSTER_LEAVE_TIMEOUT_MS`: how long a leaving node waits for its shards to be handed off.
+    pub leave_timeout_ms: u64,
+}
+
+/// The admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `REGENT_ADMIN_ENABLED`
+    pub enabled: bool,
+    /// `REGENT_ADMIN_ADDRESS`
+    pub address: String,
+    /// `REGENT_ADMIN_PORT` (0 = pick a free port)
+    pub port: u16,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_name: String::new(),
+            host: String::new(),
+            port: 25520,
+            bind_address: "0.0.0.0".into(),
+            seeds: Vec::new(),
+            cookie: String::new(),
+            deployment_mode: "docker".into(),
+            replica_count: 1,
+            pod_ip: String::new(),
+            kubernetes_app_label: String::new(),
+            lease_ttl_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            acceptable_heartbeat_pause_ms: 3_000,
+            phi_threshold: 8.0,
+            sbr_strategy: "keep-majority".into(),
+            sbr_stable_after_ms: 20_000,
+            sbr_down_all_when_unstable: true,
+            sbr_quorum_size: 0,
+            sbr_down_if_alone: true,
+            rebalance_interval_ms: 10_000,
+            rebalance_absolute_limit: 20,
+            rebalance_relative_limit: 0.1,
+            handoff_timeout_ms: 60_000,
+            leave_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { enabled: true, address: "127.0.0.1".into(), port: 8558 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -183,6 +292,8 @@ impl Default for Config {
             snapshots: SnapshotConfig::default(),
             read_side: ReadSideConfig::default(),
             subscriptions: SubscriptionConfig::default(),
+            cluster: ClusterConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -500,6 +611,32 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_READ_SIDE_CONFIG", &[], "read_side.config", EnvKind::Str),
     var("COS_SUBSCRIPTION_ENABLED", &[], "subscriptions.enabled", EnvKind::Bool),
     var("REGENT_SUBSCRIPTION_BUFFER", &[], "subscriptions.buffer", USIZE),
+    var("REGENT_CLUSTER_ENABLED", &[], "cluster.enabled", EnvKind::Bool),
+    var("REGENT_NODE_NAME", &[], "cluster.node_name", EnvKind::Str),
+    var("REGENT_CLUSTER_HOST", &[], "cluster.host", EnvKind::Str),
+    var("REGENT_CLUSTER_PORT", &[], "cluster.port", U16),
+    var("REGENT_CLUSTER_BIND_ADDRESS", &[], "cluster.bind_address", EnvKind::Str),
+    var("REGENT_CLUSTER_SEEDS", &[], "cluster.seeds", EnvKind::Csv),
+    var("REGENT_CLUSTER_COOKIE", &[], "cluster.cookie", EnvKind::Str),
+    var("COS_DEPLOYMENT_MODE", &[], "cluster.deployment_mode", EnvKind::Str),
+    var("COS_REPLICA_COUNT", &["COS_DOCKER_REPLICA_COUNT", "COS_KUBERNETES_REPLICA_COUNT"], "cluster.replica_count", USIZE),
+    var("POD_IP", &[], "cluster.pod_ip", EnvKind::Str),
+    var("COS_KUBERNETES_APP_LABEL", &[], "cluster.kubernetes_app_label", EnvKind::Str),
+    var("REGENT_CLUSTER_LEASE_TTL_MS", &[], "cluster.lease_ttl_ms", EnvKind::Millis),
+    var("REGENT_CLUSTER_HEARTBEAT_INTERVAL_MS", &[], "cluster.heartbeat_interval_ms", EnvKind::Millis),
+    var("REGENT_CLUSTER_ACCEPTABLE_HEARTBEAT_PAUSE_MS", &[], "cluster.acceptable_heartbeat_pause_ms", EnvKind::Millis),
+    var("REGENT_SBR_STRATEGY", &[], "cluster.sbr_strategy", EnvKind::Str),
+    var("REGENT_SBR_STABLE_AFTER_MS", &[], "cluster.sbr_stable_after_ms", EnvKind::Millis),
+    var("REGENT_SBR_DOWN_ALL_WHEN_UNSTABLE", &[], "cluster.sbr_down_all_when_unstable", EnvKind::Bool),
+    var("REGENT_SBR_QUORUM_SIZE", &[], "cluster.sbr_quorum_size", USIZE),
+    var("REGENT_SBR_DOWN_IF_ALONE", &[], "cluster.sbr_down_if_alone", EnvKind::Bool),
+    var("REGENT_SHARDING_REBALANCE_INTERVAL_MS", &[], "cluster.rebalance_interval_ms", EnvKind::Millis),
+    var("REGENT_SHARDING_REBALANCE_ABSOLUTE_LIMIT", &[], "cluster.rebalance_absolute_limit", USIZE),
+    var("REGENT_SHARDING_HANDOFF_TIMEOUT_MS", &[], "cluster.handoff_timeout_ms", EnvKind::Millis),
+    var("REGENT_CLUSTER_LEAVE_TIMEOUT_MS", &[], "cluster.leave_timeout_ms", EnvKind::Millis),
+    var("REGENT_ADMIN_ENABLED", &[], "admin.enabled", EnvKind::Bool),
+    var("REGENT_ADMIN_ADDRESS", &[], "admin.address", EnvKind::Str),
+    var("REGENT_ADMIN_PORT", &[], "admin.port", U16),
 ];
 
 /// Variables that CoS samples still set but that have no effect (in CoS either): accepted and ignored.
@@ -508,7 +645,7 @@ pub const IGNORED_ENV_VARS: &[&str] =
 
 /// Keys that can only be set in the TOML file (or on the command line); every other key has an entry in
 /// [`ENV_VARS`].
-pub const TOML_ONLY_KEYS: &[&str] = &[];
+pub const TOML_ONLY_KEYS: &[&str] = &["cluster.phi_threshold", "cluster.rebalance_relative_limit"];
 
 /// The environment variable that sets `key`, if any.
 pub fn env_name_for(key: &str) -> Option<&'static str> {
@@ -726,6 +863,60 @@ impl Config {
             format!("must be between 1 and 100, got {}", snap.retain)
         })?;
         check(self.subscriptions.buffer >= 1, "subscriptions.buffer", || "must be at least 1".into())?;
+        check(!self.admin.address.is_empty(), "admin.address", || "must not be empty".into())?;
+        if self.cluster.enabled {
+            self.validate_cluster()?;
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        check(self.store.backend == Backend::Postgres, "cluster.enabled", || {
+            "a cluster needs the postgres store backend (COS_DB_HOST or REGENT_STORE_BACKEND=postgres)".into()
+        })?;
+        check(!c.cookie.trim().is_empty() && c.cookie != "changeme", "cluster.cookie", || {
+            "a cluster needs a secret cookie shared by its nodes; refusing to form one with an empty or default cookie"
+                .into()
+        })?;
+        check(
+            c.node_name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch)) && c.node_name.len() <= 63,
+            "cluster.node_name",
+            || format!("must be letters, digits, - and _ (at most 63), got {:?}", c.node_name),
+        )?;
+        check(c.lease_ttl_ms >= 300, "cluster.lease_ttl_ms", || "must be at least 300".into())?;
+        check(c.heartbeat_interval_ms >= 10, "cluster.heartbeat_interval_ms", || "must be at least 10".into())?;
+        check(c.heartbeat_interval_ms < c.lease_ttl_ms, "cluster.heartbeat_interval_ms", || {
+            "must be shorter than cluster.lease_ttl_ms".into()
+        })?;
+        check(c.phi_threshold > 0.0, "cluster.phi_threshold", || "must be positive".into())?;
+        check(
+            ["keep-majority", "static-quorum", "keep-oldest", "down-all", "lease-majority"]
+                .contains(&c.sbr_strategy.as_str()),
+            "cluster.sbr_strategy",
+            || {
+                format!(
+                    "expected keep-majority, static-quorum, keep-oldest, down-all or lease-majority, got {:?}",
+                    c.sbr_strategy
+                )
+            },
+        )?;
+        check(c.sbr_strategy != "static-quorum" || c.sbr_quorum_size >= 1, "cluster.sbr_quorum_size", || {
+            "static-quorum needs a quorum size of at least 1".into()
+        })?;
+        check(["docker", "kubernetes"].contains(&c.deployment_mode.as_str()), "cluster.deployment_mode", || {
+            format!("expected docker or kubernetes, got {:?}", c.deployment_mode)
+        })?;
+        check(c.replica_count >= 1, "cluster.replica_count", || "must be at least 1".into())?;
+        check(c.rebalance_interval_ms >= 10, "cluster.rebalance_interval_ms", || "must be at least 10".into())?;
+        check((0.0..=1.0).contains(&c.rebalance_relative_limit), "cluster.rebalance_relative_limit", || {
+            "must be between 0 and 1".into()
+        })?;
+        for seed in &c.seeds {
+            check(seed.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()), "cluster.seeds", || {
+                format!("expected host:port, got {seed:?}")
+            })?;
+        }
         Ok(())
     }
 
@@ -758,6 +949,9 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.postgres.password = REDACTED.into();
+        if !shown.cluster.cookie.is_empty() {
+            shown.cluster.cookie = REDACTED.into();
+        }
         shown.store.data_dir = PathBuf::from(shown.store.data_dir.to_string_lossy().into_owned());
         toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
     }

@@ -49,6 +49,7 @@ pub struct EntitySettings {
 
 pub struct EntityActor;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum EntityMessage {
     /// Process one command.
     Command { command: Box<CommandEnvelope>, reply: RpcReplyPort<EntityReply> },

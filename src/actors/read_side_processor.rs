@@ -77,6 +77,7 @@ pub struct ProcessorReport {
     pub failures: u64,
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum ProcessorMessage {
     /// Look for work (sent to itself).
     Poll,

@@ -47,6 +47,7 @@ pub enum ReadSideError {
     Store(#[from] persistence::Error),
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SupervisorMessage {
     /// Apply `op` to `read_side_id` in `shard` (all shards when `None`).
     Command { read_side_id: String, shard: Option<u64>, op: ReadSideOp, reply: RpcReplyPort<Result<(), ReadSideError>> },

@@ -16,6 +16,7 @@ use super::shard_of;
 
 pub struct ShardRegion;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum RegionMessage {
     /// Route a message to the entity's shard.
     Route { entity_id: String, message: EntityMessage },

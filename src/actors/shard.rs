@@ -15,6 +15,7 @@ use super::entity::{EntityActor, EntityArgs, EntityMessage, EntitySettings};
 
 pub struct ShardActor;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum ShardMessage {
     /// Deliver a message to an entity of this shard.
     Deliver { entity_id: String, message: EntityMessage },

@@ -19,6 +19,7 @@ pub mod keeper;
 pub mod lease;
 pub mod membership;
 pub mod sbr;
+pub mod status;
 
 use std::fmt;
 use std::str::FromStr;
