@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "chief_of_state/plugins/persisted_headers/v1/headers.proto",
     "regent/examples/bank/v1/bank.proto",
     "regent/v1/admin.proto",
+    "regent/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -185,8 +185,12 @@ pub struct ClusterConfig {
     pub host: String,
     /// `REGENT_CLUSTER_PORT`: the node-to-node listener (0 = pick a free port).
     pub port: u16,
-    /// `REGENT_CLUSTER_BIND_ADDRESS`: the node-to-node listener's bind address.
+    /// `REGENT_CLUSTER_BIND_ADDRESS`: the node-to-node listener's bind address; when it is a specific address,
+    /// connections to other nodes also leave from it.
     pub bind_address: String,
+    /// `REGENT_CLUSTER_BIND_PORT`: the port the listener really binds when it differs from the advertised
+    /// `port` (behind NAT or a proxy; 0 = `port`).
+    pub bind_port: u16,
     /// `REGENT_CLUSTER_SEEDS`: `host:port` of nodes to contact besides those the database lists.
     pub seeds: Vec<String>,
     /// `REGENT_CLUSTER_COOKIE`: the secret every node of the cluster shares (required).
@@ -250,6 +254,7 @@ impl Default for ClusterConfig {
             host: String::new(),
             port: 25520,
             bind_address: "0.0.0.0".into(),
+            bind_port: 0,
             seeds: Vec::new(),
             cookie: String::new(),
             deployment_mode: "docker".into(),
@@ -616,6 +621,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("REGENT_CLUSTER_HOST", &[], "cluster.host", EnvKind::Str),
     var("REGENT_CLUSTER_PORT", &[], "cluster.port", U16),
     var("REGENT_CLUSTER_BIND_ADDRESS", &[], "cluster.bind_address", EnvKind::Str),
+    var("REGENT_CLUSTER_BIND_PORT", &[], "cluster.bind_port", U16),
     var("REGENT_CLUSTER_SEEDS", &[], "cluster.seeds", EnvKind::Csv),
     var("REGENT_CLUSTER_COOKIE", &[], "cluster.cookie", EnvKind::Str),
     var("COS_DEPLOYMENT_MODE", &[], "cluster.deployment_mode", EnvKind::Str),

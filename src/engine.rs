@@ -12,6 +12,7 @@ use tonic::Status;
 use crate::actors::read_side_supervisor::{ReadSideSupervisor, SupervisorArgs, SupervisorMessage};
 use crate::actors::region::{RegionArgs, RegionMessage, ShardRegion};
 use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, EntitySettings};
+use crate::cluster::runtime::ClusterRuntime;
 use crate::config::Config;
 use crate::config::read_sides::ReadSideSettings;
 use crate::grpc::manager::ReadSideManager;
@@ -43,35 +44,62 @@ impl Engine {
         handler: Arc<dyn WriteSide>,
         read_sides: Vec<ReadSideSettings>,
     ) -> Result<Engine, Error> {
+        Self::start_in(config, handler, read_sides, None).await
+    }
+
+    /// [`start`](Self::start) as a member of `cluster`: journal writes are fenced on the membership, and the
+    /// region hosts only the shards the coordinator allocates here (their read-side processors too).
+    pub async fn start_in(
+        config: &Config,
+        handler: Arc<dyn WriteSide>,
+        read_sides: Vec<ReadSideSettings>,
+        cluster: Option<&ClusterRuntime>,
+    ) -> Result<Engine, Error> {
         config.validate()?;
-        let store = persistence::open(&config.store, config.entities.num_shards).await?;
         let num_shards = config.entities.num_shards;
+        let store = persistence::open_as(&config.store, num_shards, cluster.map(ClusterRuntime::member)).await?;
         let journal_signals = Arc::new(JournalSignals::new(num_shards));
         let subscriptions = config.subscriptions.enabled.then(|| SubscriptionHub::new(config.subscriptions.buffer));
-        let settings = EntitySettings {
-            store: store.clone(),
-            handler,
-            write_side: Arc::new(config.write_side.clone()),
-            snapshots: config.snapshots.clone(),
-            journal_signals: journal_signals.clone(),
-            subscriptions: subscriptions.clone(),
-        };
-        let passivation_idle = match config.entities.passivation_idle_secs {
-            0 => None,
-            secs => Some(Duration::from_secs(secs)),
-        };
-        let (region, _) =
-            Actor::spawn(None, ShardRegion, RegionArgs { num_shards, settings, passivation_idle }).await?;
 
         let (read_side_supervisor, manager) = if config.read_side.enabled {
             let ids = read_sides.iter().filter(|r| r.enabled).map(|r| r.id.clone()).collect();
-            let args = SupervisorArgs { read_sides, num_shards, store: store.clone(), journal_signals };
+            let args = SupervisorArgs::new(
+                read_sides,
+                num_shards,
+                store.clone(),
+                journal_signals.clone(),
+                cluster.is_some(),
+            );
             let (supervisor, _) = Actor::spawn(None, ReadSideSupervisor, args).await?;
             let manager = ReadSideManager::new(supervisor.clone(), store.clone(), num_shards, ids);
             (Some(supervisor), Some(manager))
         } else {
             (None, None)
         };
+
+        let settings = EntitySettings {
+            store: store.clone(),
+            handler,
+            write_side: Arc::new(config.write_side.clone()),
+            snapshots: config.snapshots.clone(),
+            journal_signals,
+            subscriptions: subscriptions.clone(),
+        };
+        let passivation_idle = match config.entities.passivation_idle_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        let args = RegionArgs {
+            num_shards,
+            settings,
+            passivation_idle,
+            cluster: cluster.map(ClusterRuntime::context),
+            read_sides: read_side_supervisor.clone(),
+        };
+        let (region, _) = Actor::spawn(None, ShardRegion, args).await?;
+        if let Some(cluster) = cluster {
+            cluster.set_region(region.clone());
+        }
         let handle =
             EngineHandle { region, ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs) };
         Ok(Engine { handle, read_sides: read_side_supervisor, manager, subscriptions })

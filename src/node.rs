@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::read_sides::{self, ReadSideSettings};
+use crate::cluster::runtime::{ClusterRuntime, Membership};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::grpc::{ChiefOfState, WriteHandler};
@@ -35,12 +36,17 @@ pub enum Error {
     Actors(#[from] ractor::SpawnErr),
     #[error("gRPC server: {0}")]
     Server(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::Error),
+    #[error("this cluster member was fenced or downed: {0}")]
+    Fenced(String),
 }
 
 /// A running node.
 pub struct Node {
     local_addr: SocketAddr,
     engine: Engine,
+    cluster: Option<ClusterRuntime>,
     stop_serving: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -58,13 +64,17 @@ impl Node {
     pub async fn start_with(config: Config, read_sides: Vec<ReadSideSettings>) -> Result<Node, Error> {
         config.validate()?;
         let endpoint = config.write_side_endpoint()?;
-        let handler = WriteHandler::connect_lazy(
+        let cluster = if config.cluster.enabled { Some(ClusterRuntime::join(&config).await?) } else { None };
+        let mut handler = WriteHandler::connect_lazy(
             &endpoint,
             config.write_side.pool_size,
             Duration::from_millis(config.write_side.calls_timeout_ms),
             config.server.max_message_bytes,
         )?;
-        let engine = Engine::start(&config, Arc::new(handler), read_sides).await?;
+        if let Some(cluster) = &cluster {
+            handler = handler.identified_as(&cluster.member().node);
+        }
+        let engine = Engine::start_in(&config, Arc::new(handler), read_sides, cluster.as_ref()).await?;
 
         let addr = format!("{}:{}", config.server.address, config.server.port);
         let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind { addr: addr.clone(), source })?;
@@ -97,7 +107,7 @@ impl Node {
                 ),
         );
         info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
-        Ok(Node { local_addr, engine, stop_serving, server })
+        Ok(Node { local_addr, engine, cluster, stop_serving, server })
     }
 
     /// The address gRPC is served on.
@@ -105,14 +115,58 @@ impl Node {
         self.local_addr
     }
 
-    /// Serves until `signal` completes, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
-        signal.await;
-        self.shutdown().await
+    /// In a cluster, this member's state (`Stopped` once it was fenced or downed: the node must exit).
+    pub fn membership(&self) -> Option<watch::Receiver<Membership>> {
+        self.cluster.as_ref().map(ClusterRuntime::membership)
     }
 
-    /// Stops accepting requests, lets those in flight finish, then stops every actor.
-    pub async fn shutdown(self) -> Result<(), Error> {
+    /// The cluster runtime, when the node is a cluster member.
+    pub fn cluster(&self) -> Option<&ClusterRuntime> {
+        self.cluster.as_ref()
+    }
+
+    /// Serves until `signal` completes (then leaves the cluster and shuts down), or, in a cluster, until this
+    /// member is fenced or downed (then stops at once and returns [`Error::Fenced`]).
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        let fenced = async {
+            match self.membership() {
+                Some(mut membership) => loop {
+                    if let Membership::Stopped(reason) = &*membership.borrow_and_update() {
+                        return reason.clone();
+                    }
+                    if membership.changed().await.is_err() {
+                        return "the cluster runtime stopped".to_string();
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = signal => self.shutdown().await,
+            reason = fenced => {
+                self.stop_fenced().await;
+                Err(Error::Fenced(reason))
+            }
+        }
+    }
+
+    /// Stops serving and every actor without leaving (the member is fenced: others take its shards over).
+    async fn stop_fenced(mut self) {
+        tracing::error!("this member was fenced or downed: stopping without serving anything more");
+        let _ = self.stop_serving.send(());
+        self.engine.close_subscriptions();
+        if let Some(cluster) = self.cluster.take() {
+            cluster.abandon().await;
+        }
+        self.engine.shutdown().await;
+    }
+
+    /// Leaves the cluster (its shards are handed off to other members while requests are still served), then
+    /// stops accepting requests, lets those in flight finish, and stops every actor.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.leave().await;
+        }
         info!("regent node shutting down");
         let _ = self.stop_serving.send(());
         // Open subscription streams would keep the server from finishing.

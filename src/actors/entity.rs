@@ -62,12 +62,29 @@ pub enum EntityMessage {
 impl EntityMessage {
     /// Answers a message that no entity will process, so that its caller is not left waiting.
     pub fn fail(self, why: &str) {
-        let error = || CommandError::Store(crate::persistence::Error::Unavailable(why.to_string()));
+        self.reply_err(CommandError::Store(crate::persistence::Error::Unavailable(why.to_string())));
+    }
+
+    /// Answers the message with `error` instead of processing it.
+    pub fn reply_err(self, error: CommandError) {
+        self.reply(Err(error));
+    }
+
+    /// Answers the message with an outcome obtained elsewhere (the owner node, in a cluster).
+    pub fn reply(self, outcome: EntityReply) {
         match self {
             EntityMessage::Command { reply, .. } | EntityMessage::GetState { reply } => {
-                let _ = reply.send(Err(error()));
+                let _ = reply.send(outcome);
             }
             EntityMessage::Passivate => {}
+        }
+    }
+
+    /// Whether its caller stopped waiting for the answer (ask timeout).
+    pub fn is_abandoned(&self) -> bool {
+        match self {
+            EntityMessage::Command { reply, .. } | EntityMessage::GetState { reply } => reply.is_closed(),
+            EntityMessage::Passivate => true,
         }
     }
 }
@@ -105,10 +122,21 @@ impl Actor for EntityActor {
             EntityMessage::Command { command, reply } => {
                 let outcome = state.process(command).await;
                 let snapshot_due = matches!(&outcome, Ok((_, true)));
+                // Another writer stored this revision, or this node may no longer write: this incarnation of the
+                // entity is not the single writer and must stop (the shard restarts it from the journal if a
+                // message comes); its caller gets the error, never an acknowledgement.
+                let lost_ownership = matches!(
+                    &outcome,
+                    Err(CommandError::Store(crate::persistence::Error::Conflict { .. } | crate::persistence::Error::Fenced(_)))
+                );
                 // The caller may have given up (ask timeout): a closed port is not an error.
                 let _ = reply.send(outcome.map(|(s, _)| s));
                 if snapshot_due {
                     state.snapshot().await;
+                }
+                if lost_ownership {
+                    warn!(entity_id = %state.entity_id, "entity lost its write ownership: stopping");
+                    myself.stop(Some("lost write ownership".into()));
                 }
             }
             EntityMessage::GetState { reply } => {

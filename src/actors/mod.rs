@@ -55,6 +55,9 @@ pub enum CommandError {
     /// The entity's revision number would overflow `uint32`.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// In a cluster: the request reached a node that does not host the entity's shard (its home moved).
+    #[error("shard {shard} is not hosted on this node")]
+    WrongHome { shard: u32 },
     /// The journal or snapshot store failed; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] persistence::Error),

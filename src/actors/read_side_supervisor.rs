@@ -55,6 +55,10 @@ pub enum SupervisorMessage {
     Report { read_side_id: Option<String>, reply: RpcReplyPort<Result<Vec<(String, ProcessorReport)>, ReadSideError>> },
     /// (Re)start the processor of a read side in a shard.
     Start { read_side_id: String, shard: u32 },
+    /// In a cluster: the shard is hosted here now; run its processors.
+    HostShard(u32),
+    /// In a cluster: the shard moves away; stop its processors (each finishes its delivery), then reply.
+    ReleaseShard(u32, RpcReplyPort<()>),
 }
 
 pub struct SupervisorArgs {
@@ -62,9 +66,26 @@ pub struct SupervisorArgs {
     pub num_shards: u32,
     pub store: Arc<dyn Store>,
     pub journal_signals: Arc<JournalSignals>,
+    /// In a cluster, processors run only for the shards hosted on this node ([`SupervisorMessage::HostShard`]);
+    /// alone, for every shard.
+    hosted_only: bool,
+}
+
+impl SupervisorArgs {
+    pub fn new(
+        read_sides: Vec<ReadSideSettings>,
+        num_shards: u32,
+        store: Arc<dyn Store>,
+        journal_signals: Arc<JournalSignals>,
+        hosted_only: bool,
+    ) -> Self {
+        Self { read_sides, num_shards, store, journal_signals, hosted_only }
+    }
 }
 
 pub struct SupervisorState {
+    /// `None`: every shard; `Some`: the shards hosted here.
+    hosted: Option<std::collections::HashSet<u32>>,
     read_sides: HashMap<String, (Arc<ReadSideSettings>, ReadSideHandlerServiceClient<Channel>)>,
     num_shards: u32,
     store: Arc<dyn Store>,
@@ -102,6 +123,7 @@ impl Actor for ReadSideSupervisor {
             read_sides.insert(settings.id.clone(), (Arc::new(settings), client));
         }
         Ok(SupervisorState {
+            hosted: args.hosted_only.then(std::collections::HashSet::new),
             read_sides,
             num_shards: args.num_shards,
             store: args.store,
@@ -119,6 +141,28 @@ impl Actor for ReadSideSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMessage::Start { read_side_id, shard } => state.start(&myself, read_side_id, shard).await,
+            SupervisorMessage::HostShard(shard) => {
+                if let Some(hosted) = &mut state.hosted {
+                    hosted.insert(shard);
+                }
+                let ids: Vec<String> = state.read_sides.keys().cloned().collect();
+                for read_side_id in ids {
+                    state.start(&myself, read_side_id, shard).await;
+                }
+            }
+            SupervisorMessage::ReleaseShard(shard, reply) => {
+                if let Some(hosted) = &mut state.hosted {
+                    hosted.remove(&shard);
+                }
+                let stopping: Vec<ActorRef<ProcessorMessage>> =
+                    state.processors.iter().filter(|((_, s), _)| *s == shard).map(|(_, p)| p.clone()).collect();
+                tokio::spawn(async move {
+                    for processor in stopping {
+                        let _ = processor.stop_and_wait(Some("shard handed off".into()), Some(Duration::from_secs(10))).await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
             SupervisorMessage::Command { read_side_id, shard, op, reply } => {
                 // Each processor answers on its own; the supervisor does not wait for them.
                 match state.targets(&read_side_id, shard) {
@@ -246,7 +290,7 @@ type Target = (u32, Option<ActorRef<ProcessorMessage>>);
 impl SupervisorState {
     async fn start(&mut self, myself: &ActorRef<SupervisorMessage>, read_side_id: String, shard: u32) {
         let key = (read_side_id, shard);
-        if self.processors.contains_key(&key) {
+        if self.processors.contains_key(&key) || self.hosted.as_ref().is_some_and(|h| !h.contains(&shard)) {
             return;
         }
         let Some((settings, client)) = self.read_sides.get(&key.0) else { return };

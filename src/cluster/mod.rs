@@ -15,11 +15,18 @@
 //! A member is identified by its stable node name and its incarnation (one per boot), [`MemberId`]. A downed or
 //! removed incarnation never comes back: a restarted node joins as a new incarnation, which removes the old one.
 
+pub mod allocation;
+pub mod coordinator;
+pub mod detector;
 pub mod keeper;
 pub mod lease;
 pub mod membership;
+pub mod peer;
+pub mod runtime;
 pub mod sbr;
 pub mod status;
+pub mod transport;
+pub mod wire;
 
 use std::fmt;
 use std::str::FromStr;

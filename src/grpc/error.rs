@@ -15,6 +15,9 @@ impl From<CommandError> for Status {
             // CoS answers NOT_FOUND with no description.
             CommandError::NotFound => Status::not_found(""),
             CommandError::FailedPrecondition(message) => Status::failed_precondition(message),
+            CommandError::WrongHome { shard } => {
+                Status::unavailable(format!("shard {shard} is moving between nodes; try again"))
+            }
             CommandError::Store(e) => e.into(),
         }
     }
@@ -24,7 +27,7 @@ impl From<persistence::Error> for Status {
     fn from(error: persistence::Error) -> Self {
         let code = match &error {
             persistence::Error::Conflict { .. } => Code::Aborted,
-            persistence::Error::Unavailable(_) => Code::Unavailable,
+            persistence::Error::Unavailable(_) | persistence::Error::Fenced(_) => Code::Unavailable,
             persistence::Error::Misconfigured(_) | persistence::Error::Backend(_) => Code::Internal,
         };
         Status::new(code, error.to_string())

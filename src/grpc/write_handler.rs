@@ -25,7 +25,12 @@ struct Inner {
     clients: Vec<WriteSideHandlerServiceClient<Channel>>,
     next: AtomicUsize,
     timeout: Duration,
+    /// Sent as `regent-node` on every call, so that a handler (or a test) knows which node called.
+    node: Option<tonic::metadata::AsciiMetadataValue>,
 }
+
+/// The metadata key naming the calling node on every write-handler call.
+pub const NODE_HEADER: &str = "regent-node";
 
 impl WriteHandler {
     /// Builds the channels to `endpoint` (`http://host:port` or `https://host:port`). Nothing connects until the
@@ -49,7 +54,21 @@ impl WriteHandler {
                     .max_encoding_message_size(max_message_bytes)
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout }) })
+        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, node: None }) })
+    }
+
+    /// Names the calling node (`regent-node` metadata) on every call.
+    pub fn identified_as(mut self, node: &str) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.node = node.parse().ok();
+        }
+        self
+    }
+
+    fn identify<T>(&self, request: &mut Request<T>) {
+        if let Some(node) = &self.inner.node {
+            request.metadata_mut().insert(NODE_HEADER, node.clone());
+        }
     }
 
     fn client(&self) -> WriteSideHandlerServiceClient<Channel> {
@@ -68,6 +87,7 @@ impl WriteSide for WriteHandler {
     ) -> Result<HandleCommandResponse, Status> {
         let mut request = Request::from_parts(headers, Default::default(), request);
         request.set_timeout(self.inner.timeout);
+        self.identify(&mut request);
         let mut client = self.client();
         self.bounded("HandleCommand", client.handle_command(request)).await
     }
@@ -76,6 +96,7 @@ impl WriteSide for WriteHandler {
     async fn handle_event(&self, request: HandleEventRequest) -> Result<HandleEventResponse, Status> {
         let mut request = Request::new(request);
         request.set_timeout(self.inner.timeout);
+        self.identify(&mut request);
         let mut client = self.client();
         self.bounded("HandleEvent", client.handle_event(request)).await
     }

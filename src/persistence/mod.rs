@@ -43,6 +43,10 @@ pub enum Error {
     /// the entity is stale and it must not acknowledge anything.
     #[error("concurrent write conflict: entity {entity_id:?} already has revision {revision}")]
     Conflict { entity_id: String, revision: u64 },
+    /// In a cluster: this node may no longer write (its membership lease expired, or it was downed). Nothing of
+    /// the write was stored; the node is about to stop.
+    #[error("this node is fenced off the journal: {0}")]
+    Fenced(String),
     /// The store cannot be reached (connection refused or lost, pool exhausted, database shutting down).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -223,8 +227,19 @@ fn shard_count_mismatch(stored: &str, configured: u32) -> Error {
 
 /// Opens (creating and migrating as needed) the configured backend, checking the recorded number of shards.
 pub async fn open(config: &StoreConfig, num_shards: u32) -> Result<Arc<dyn Store>> {
+    open_as(config, num_shards, None).await
+}
+
+/// [`open`], for a cluster member: every journal write of this store is fenced on `writer` still being a member
+/// allowed to write ([`crate::cluster::membership::WRITER_VALID_SQL`]); a fenced write stores nothing and fails
+/// with [`Error::Fenced`]. PostgreSQL only (a cluster needs it).
+pub async fn open_as(
+    config: &StoreConfig,
+    num_shards: u32,
+    writer: Option<crate::cluster::MemberId>,
+) -> Result<Arc<dyn Store>> {
     Ok(match config.backend {
-        Backend::Postgres => Arc::new(postgres::PostgresStore::open(&config.postgres, num_shards).await?),
+        Backend::Postgres => Arc::new(postgres::PostgresStore::open_as(&config.postgres, num_shards, writer).await?),
         Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(&config.data_dir, num_shards).await?),
     })
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use crate::cluster::MemberId;
 use super::batching::{AppendRequest, BatchLimits, BatchWriter, Batcher};
 use super::migrations::{self, Migration};
 use super::*;
@@ -45,6 +46,8 @@ pub struct PostgresStore {
 /// The journal writer behind the [`Batcher`].
 struct JournalWriter {
     pool: Pool,
+    /// In a cluster, the member whose lease and status fence every write.
+    writer: Option<MemberId>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -61,6 +64,12 @@ impl PostgresStore {
     /// `pool_idle_timeout_ms` or older than `pool_max_lifetime_ms` is closed (0 disables either limit). deadpool
     /// keeps no minimum of idle connections, so `pool_min_idle` is not used: connections open on demand.
     pub async fn open(config: &PostgresConfig, num_shards: u32) -> Result<Self> {
+        Self::open_as(config, num_shards, None).await
+    }
+
+    /// [`open`](Self::open) for a cluster member: journal writes are fenced on `writer` (see
+    /// [`crate::persistence::open_as`]).
+    pub async fn open_as(config: &PostgresConfig, num_shards: u32, writer: Option<MemberId>) -> Result<Self> {
         validate_identifier(&config.schema)?;
         let pool = build_pool(config)?;
         let mut client = pool.get().await.map_err(map_error)?;
@@ -74,7 +83,7 @@ impl PostgresStore {
             max_events: MAX_BATCH_EVENTS,
             queue: BATCH_QUEUE,
         };
-        let batcher = Batcher::spawn(Arc::new(JournalWriter { pool: pool.clone() }), limits);
+        let batcher = Batcher::spawn(Arc::new(JournalWriter { pool: pool.clone(), writer }), limits);
         Ok(Self { pool, batcher })
     }
 
@@ -322,6 +331,15 @@ fn shard_to_sql(shard: u32) -> Result<i32> {
     i32::try_from(shard).map_err(|_| Error::Backend(format!("shard {shard} is out of range")))
 }
 
+const INSERT_SQL: &str = "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
+     SELECT e.entity_id, e.revision, e.shard, $1, e.payload \
+     FROM unnest($2::TEXT[], $3::BIGINT[], $4::INT[], $5::BYTEA[]) AS e(entity_id, revision, shard, payload)";
+
+/// [`INSERT_SQL`] fenced on the writer (`$6` node, `$7` incarnation) being allowed to write.
+static FENCED_INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{INSERT_SQL} WHERE {}", crate::cluster::membership::writer_valid_predicate(6, 7))
+});
+
 #[async_trait]
 impl BatchWriter for JournalWriter {
     async fn write_batch(&self, batch: &[AppendRequest]) -> Result<()> {
@@ -338,20 +356,29 @@ impl BatchWriter for JournalWriter {
             }
         }
         let client = self.pool.get().await.map_err(map_error)?;
+        let first = &batch[0];
+        let map = |e| map_write_error(e, &first.entity_id, first.events[0].revision);
         // One statement, so one implicit transaction: every append of the batch or none.
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO journal (entity_id, revision, shard, written_at, payload) \
-                 SELECT e.entity_id, e.revision, e.shard, $1, e.payload \
-                 FROM unnest($2::TEXT[], $3::BIGINT[], $4::INT[], $5::BYTEA[]) AS e(entity_id, revision, shard, payload)",
+        let Some(writer) = &self.writer else {
+            let insert = client.prepare_cached(INSERT_SQL).await.map_err(map_error)?;
+            client.execute(&insert, &[&now_millis(), &ids, &revisions, &shards, &payloads]).await.map_err(map)?;
+            return Ok(());
+        };
+        // In a cluster the statement inserts nothing unless the writer may still write: fewer rows than events
+        // means fenced, and nothing of the batch was stored.
+        let insert = client.prepare_cached(&FENCED_INSERT_SQL).await.map_err(map_error)?;
+        let inserted = client
+            .execute(
+                &insert,
+                &[&now_millis(), &ids, &revisions, &shards, &payloads, &writer.node, &writer.incarnation],
             )
             .await
-            .map_err(map_error)?;
-        let first = &batch[0];
-        client
-            .execute(&insert, &[&now_millis(), &ids, &revisions, &shards, &payloads])
-            .await
-            .map_err(|e| map_write_error(e, &first.entity_id, first.events[0].revision))?;
+            .map_err(map)?;
+        if inserted as usize != rows {
+            return Err(Error::Fenced(format!(
+                "member {writer} is not an up member with a valid lease any more; {rows} events not written"
+            )));
+        }
         Ok(())
     }
 

@@ -26,6 +26,7 @@ pub(crate) const POSTGRES: &[Migration] = migrations!("postgres":
     3 => "0003_settings",
     4 => "0004_read_sides",
     5 => "0005_cluster",
+    6 => "0006_shard_allocations",
 );
 
 /// SQLite's migrations, in order.
@@ -35,6 +36,7 @@ pub(crate) const SQLITE: &[Migration] = migrations!("sqlite":
     3 => "0003_settings",
     4 => "0004_read_sides",
     5 => "0005_cluster",
+    6 => "0006_shard_allocations",
 );
 
 #[cfg(test)]
