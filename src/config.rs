@@ -625,7 +625,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("REGENT_CLUSTER_SEEDS", &[], "cluster.seeds", EnvKind::Csv),
     var("REGENT_CLUSTER_COOKIE", &[], "cluster.cookie", EnvKind::Str),
     var("COS_DEPLOYMENT_MODE", &[], "cluster.deployment_mode", EnvKind::Str),
-    var("COS_REPLICA_COUNT", &["COS_DOCKER_REPLICA_COUNT", "COS_KUBERNETES_REPLICA_COUNT"], "cluster.replica_count", USIZE),
+    var(
+        "COS_REPLICA_COUNT",
+        &["COS_DOCKER_REPLICA_COUNT", "COS_KUBERNETES_REPLICA_COUNT"],
+        "cluster.replica_count",
+        USIZE,
+    ),
     var("POD_IP", &[], "cluster.pod_ip", EnvKind::Str),
     var("COS_KUBERNETES_APP_LABEL", &[], "cluster.kubernetes_app_label", EnvKind::Str),
     var("REGENT_CLUSTER_LEASE_TTL_MS", &[], "cluster.lease_ttl_ms", EnvKind::Millis),
@@ -919,9 +924,11 @@ impl Config {
             "must be between 0 and 1".into()
         })?;
         for seed in &c.seeds {
-            check(seed.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()), "cluster.seeds", || {
-                format!("expected host:port, got {seed:?}")
-            })?;
+            check(
+                seed.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                "cluster.seeds",
+                || format!("expected host:port, got {seed:?}"),
+            )?;
         }
         Ok(())
     }

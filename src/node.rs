@@ -11,8 +11,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::config::read_sides::{self, ReadSideSettings};
 use crate::cluster::runtime::{ClusterRuntime, Membership};
+use crate::config::read_sides::{self, ReadSideSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::grpc::{ChiefOfState, WriteHandler};

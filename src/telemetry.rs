@@ -15,7 +15,9 @@ pub fn init(log: &LogConfig) {
         _ => log.level.as_str(),
     };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},h2=warn,hyper=warn,tower=warn")))
+        .or_else(|_| {
+            EnvFilter::try_new(format!("{level},h2=warn,hyper=warn,tower=warn,ractor_cluster=warn,ractor=warn"))
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match log.style {

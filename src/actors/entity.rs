@@ -127,7 +127,9 @@ impl Actor for EntityActor {
                 // message comes); its caller gets the error, never an acknowledgement.
                 let lost_ownership = matches!(
                     &outcome,
-                    Err(CommandError::Store(crate::persistence::Error::Conflict { .. } | crate::persistence::Error::Fenced(_)))
+                    Err(CommandError::Store(
+                        crate::persistence::Error::Conflict { .. } | crate::persistence::Error::Fenced(_)
+                    ))
                 );
                 // The caller may have given up (ask timeout): a closed port is not an error.
                 let _ = reply.send(outcome.map(|(s, _)| s));

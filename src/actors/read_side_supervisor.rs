@@ -158,7 +158,9 @@ impl Actor for ReadSideSupervisor {
                     state.processors.iter().filter(|((_, s), _)| *s == shard).map(|(_, p)| p.clone()).collect();
                 tokio::spawn(async move {
                     for processor in stopping {
-                        let _ = processor.stop_and_wait(Some("shard handed off".into()), Some(Duration::from_secs(10))).await;
+                        let _ = processor
+                            .stop_and_wait(Some("shard handed off".into()), Some(Duration::from_secs(10)))
+                            .await;
                     }
                     let _ = reply.send(());
                 });

@@ -72,7 +72,10 @@ enum Home {
     Local,
     Remote(String),
     /// Unknown: requests wait here while the coordinator is asked.
-    Unknown { buffer: Vec<(String, EntityMessage)>, asking: bool },
+    Unknown {
+        buffer: Vec<(String, EntityMessage)>,
+        asking: bool,
+    },
 }
 
 pub struct RegionState {
@@ -224,7 +227,13 @@ impl RegionState {
         self.args.cluster.is_none() || matches!(self.homes.get(&shard), Some(Home::Local))
     }
 
-    async fn route(&mut self, myself: &ActorRef<RegionMessage>, entity_id: String, message: EntityMessage, attempts: u8) {
+    async fn route(
+        &mut self,
+        myself: &ActorRef<RegionMessage>,
+        entity_id: String,
+        message: EntityMessage,
+        attempts: u8,
+    ) {
         let shard = self.shard_of(&entity_id);
         if self.is_local(shard) {
             self.deliver_local(myself, shard, entity_id, message).await;
@@ -238,7 +247,9 @@ impl RegionState {
             }
             Home::Unknown { buffer, asking } => {
                 if buffer.len() >= MAX_BUFFERED_PER_SHARD {
-                    message.fail(&format!("shard {shard} has no home yet and {MAX_BUFFERED_PER_SHARD} requests wait for it"));
+                    message.fail(&format!(
+                        "shard {shard} has no home yet and {MAX_BUFFERED_PER_SHARD} requests wait for it"
+                    ));
                     return;
                 }
                 buffer.push((entity_id, message));
@@ -316,7 +327,13 @@ impl RegionState {
         });
     }
 
-    async fn deliver_local(&mut self, myself: &ActorRef<RegionMessage>, shard: u32, entity_id: String, message: EntityMessage) {
+    async fn deliver_local(
+        &mut self,
+        myself: &ActorRef<RegionMessage>,
+        shard: u32,
+        entity_id: String,
+        message: EntityMessage,
+    ) {
         let actor = match self.shards.get(&shard) {
             Some(actor) => actor.clone(),
             None => {

@@ -37,7 +37,8 @@ impl AllocationStore {
         rows.iter()
             .map(|row| {
                 let shard: i32 = row.try_get(0).map_err(db)?;
-                let member = MemberId::new(row.try_get::<_, String>(1).map_err(db)?, row.try_get::<_, String>(2).map_err(db)?);
+                let member =
+                    MemberId::new(row.try_get::<_, String>(1).map_err(db)?, row.try_get::<_, String>(2).map_err(db)?);
                 Ok((u32::try_from(shard).unwrap_or_default(), member))
             })
             .collect()

@@ -116,7 +116,8 @@ impl Actor for Coordinator {
                 state.answer_leavers();
             }
             CoordinatorMessage::GracefulLeave { member, reply } => {
-                let Some(member) = state.snapshot.members.iter().find(|m| m.id.to_string() == member).map(|m| m.id.clone())
+                let Some(member) =
+                    state.snapshot.members.iter().find(|m| m.id.to_string() == member).map(|m| m.id.clone())
                 else {
                     let _ = reply.send(true);
                     return Ok(());
@@ -220,8 +221,13 @@ impl CoordinatorState {
 
     /// Deallocates the shards of members that can no longer write (down, removed, lease expired, gone).
     async fn deallocate_orphans(&mut self, myself: &ActorRef<CoordinatorMessage>) {
-        let alive: BTreeSet<MemberId> =
-            self.snapshot.members.iter().filter(|m| m.status.may_write() && m.lease_valid).map(|m| m.id.clone()).collect();
+        let alive: BTreeSet<MemberId> = self
+            .snapshot
+            .members
+            .iter()
+            .filter(|m| m.status.may_write() && m.lease_valid)
+            .map(|m| m.id.clone())
+            .collect();
         for shard in orphaned(&self.allocations, &alive) {
             if !self.handing_off.contains(&shard) {
                 info!(shard, owner = %self.allocations[&shard], "shard owner is gone: deallocating");
@@ -286,12 +292,8 @@ impl CoordinatorState {
 
     /// Tells leaving members whose shards are all gone that they may go.
     fn answer_leavers(&mut self) {
-        let done: Vec<MemberId> = self
-            .leaving
-            .keys()
-            .filter(|m| !self.allocations.values().any(|owner| owner == *m))
-            .cloned()
-            .collect();
+        let done: Vec<MemberId> =
+            self.leaving.keys().filter(|m| !self.allocations.values().any(|owner| owner == *m)).cloned().collect();
         for member in done {
             for reply in self.leaving.remove(&member).unwrap_or_default() {
                 let _ = reply.send(true);

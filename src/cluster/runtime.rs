@@ -28,7 +28,10 @@ use super::peer::PeerActor;
 use super::sbr::{self, Stability, Strategy, Tick, View};
 use super::status::{ClusterStatus, ClusterStatusSource, MemberStatusView, ShardHomeView};
 use super::transport::{LinkEvent, RactorTransport, Transport};
-use super::wire::{PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire, peer_actor_name, refused, status_from_wire, status_to_wire};
+use super::wire::{
+    PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire, peer_actor_name, refused,
+    status_from_wire, status_to_wire,
+};
 use super::{Error, MemberId, MemberStatus};
 use crate::actors::{CommandEnvelope, CommandError, EntityMessage, RegionMessage};
 use crate::config::{ClusterConfig, Config};
@@ -132,7 +135,9 @@ impl ClusterContext {
         let request = pb::PeerRequest { version: WIRE_VERSION, from: self.me_key.clone(), kind: Some(kind) };
         let bytes = request.encode_to_vec();
         match peer.call(|reply| PeerMessage::Request(bytes, reply), Some(timeout)).await {
-            Ok(CallResult::Success(bytes)) => pb::PeerReply::decode(bytes.as_slice()).map_err(|_| RequestError::Garbled),
+            Ok(CallResult::Success(bytes)) => {
+                pb::PeerReply::decode(bytes.as_slice()).map_err(|_| RequestError::Garbled)
+            }
             Ok(CallResult::Timeout) => Err(RequestError::Timeout),
             Ok(CallResult::SenderError) | Err(_) => Err(RequestError::NoLink),
         }
@@ -152,7 +157,13 @@ impl ClusterContext {
 
     /// Forwards an entity request to the region of `home`. Returns the message back, unanswered, when it must be
     /// routed again (its shard is not there any more, or the link is gone).
-    pub async fn forward(&self, home: &str, shard: u32, entity_id: &str, message: EntityMessage) -> Option<EntityMessage> {
+    pub async fn forward(
+        &self,
+        home: &str,
+        shard: u32,
+        entity_id: &str,
+        message: EntityMessage,
+    ) -> Option<EntityMessage> {
         let request = match &message {
             EntityMessage::Command { command, .. } => pb::EntityRequest {
                 entity_id: entity_id.to_string(),
@@ -162,12 +173,9 @@ impl ClusterContext {
                 persisted_headers: command.persisted_headers.clone(),
                 get_state: false,
             },
-            EntityMessage::GetState { .. } => pb::EntityRequest {
-                entity_id: entity_id.to_string(),
-                shard,
-                get_state: true,
-                ..Default::default()
-            },
+            EntityMessage::GetState { .. } => {
+                pb::EntityRequest { entity_id: entity_id.to_string(), shard, get_state: true, ..Default::default() }
+            }
             EntityMessage::Passivate => return None,
         };
         let outcome = self.request(home, peer_request::Kind::Entity(request), self.ask_timeout).await;
@@ -222,20 +230,26 @@ impl ClusterContext {
             }
             peer_request::Kind::HostShard(host) => {
                 let Some(region) = self.region() else { return refused("no region", false) };
-                match region.call(|reply| RegionMessage::HostShard { shard: host.shard, reply }, Some(LOOKUP_TIMEOUT)).await {
+                match region
+                    .call(|reply| RegionMessage::HostShard { shard: host.shard, reply }, Some(LOOKUP_TIMEOUT))
+                    .await
+                {
                     Ok(CallResult::Success(true)) => ack(),
                     _ => refused("shard still stopping here", false),
                 }
             }
             peer_request::Kind::BeginHandOff(begin) => {
                 let Some(region) = self.region() else { return refused("no region", false) };
-                let _ = region.call(|reply| RegionMessage::BeginHandOff { shard: begin.shard, reply }, Some(LOOKUP_TIMEOUT)).await;
+                let _ = region
+                    .call(|reply| RegionMessage::BeginHandOff { shard: begin.shard, reply }, Some(LOOKUP_TIMEOUT))
+                    .await;
                 ack()
             }
             peer_request::Kind::HandOff(hand_off) => {
                 let Some(region) = self.region() else { return refused("no region", false) };
                 let timeout = self.handoff_timeout() + Duration::from_secs(1);
-                match region.call(|reply| RegionMessage::HandOff { shard: hand_off.shard, reply }, Some(timeout)).await {
+                match region.call(|reply| RegionMessage::HandOff { shard: hand_off.shard, reply }, Some(timeout)).await
+                {
                     Ok(CallResult::Success(())) => ack(),
                     _ => refused("hand-off did not complete", false),
                 }
@@ -245,7 +259,10 @@ impl ClusterContext {
                     return refused("not the coordinator", false);
                 };
                 let timeout = Duration::from_millis(self.config.leave_timeout_ms);
-                match coordinator.call(|reply| CoordinatorMessage::GracefulLeave { member: leave.member, reply }, Some(timeout)).await {
+                match coordinator
+                    .call(|reply| CoordinatorMessage::GracefulLeave { member: leave.member, reply }, Some(timeout))
+                    .await
+                {
                     Ok(CallResult::Success(true)) => ack(),
                     _ => refused("hand-off of the leaving member's shards did not complete", false),
                 }
@@ -331,6 +348,8 @@ impl ClusterRuntime {
         let me = MemberId::new(node, incarnation);
         let host = advertised_host(cluster);
         let address = format!("{host}:{}", cluster.port);
+        crate::persistence::postgres::PostgresStore::prepare(&config.store.postgres, config.entities.num_shards)
+            .await?;
         let pool = crate::persistence::postgres::build_pool(&config.store.postgres)?;
         let membership = MembershipStore::new(pool.clone());
         let ttl = Duration::from_millis(cluster.lease_ttl_ms);
@@ -368,7 +387,14 @@ impl ClusterRuntime {
         let (membership_tx, membership_state) = watch::channel(Membership::Joining);
         let (stop_daemon, stop_rx) = watch::channel(false);
         let transport = Arc::new(transport);
-        let daemon = Daemon::new(context.clone(), transport.clone(), Leases::new(pool.clone()), keeper.health(), membership_tx, events);
+        let daemon = Daemon::new(
+            context.clone(),
+            transport.clone(),
+            Leases::new(pool.clone()),
+            keeper.health(),
+            membership_tx,
+            events,
+        );
         let daemon = tokio::spawn(daemon.run(stop_rx));
         info!(member = %me, %address, "joined the cluster as joining");
         Ok(Self {
@@ -623,7 +649,13 @@ impl Daemon {
         let linked = self.transport.connected().await;
         self.dial(&snapshot, &linked).await;
         self.heartbeat(&snapshot, &linked, now).await;
-        let leader = self.leases.holder(LEADER).await.ok().flatten().filter(|h| h.expires_at > std::time::SystemTime::now() - Duration::from_secs(1));
+        let leader = self
+            .leases
+            .holder(LEADER)
+            .await
+            .ok()
+            .flatten()
+            .filter(|h| h.expires_at > std::time::SystemTime::now() - Duration::from_secs(1));
         {
             let mut view = self.context.view.write().expect("view lock");
             view.snapshot = Some(snapshot.clone());
@@ -674,7 +706,13 @@ impl Daemon {
         let others: Vec<MemberId> = snapshot
             .members
             .iter()
-            .filter(|m| m.id != self.context.me && matches!(m.status, MemberStatus::Up | MemberStatus::Leaving | MemberStatus::Joining | MemberStatus::Exiting))
+            .filter(|m| {
+                m.id != self.context.me
+                    && matches!(
+                        m.status,
+                        MemberStatus::Up | MemberStatus::Leaving | MemberStatus::Joining | MemberStatus::Exiting
+                    )
+            })
             .map(|m| m.id.clone())
             .collect();
         self.detectors.retain(|m, _| others.contains(m));
@@ -698,7 +736,9 @@ impl Daemon {
                 let timeout = Duration::from_millis(c.acceptable_heartbeat_pause_ms);
                 tokio::spawn(async move {
                     let ping = peer_request::Kind::Ping(pb::Ping { sequence });
-                    if let Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Pong(_)) }) = context.request(&key, ping, timeout).await {
+                    if let Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Pong(_)) }) =
+                        context.request(&key, ping, timeout).await
+                    {
                         let _ = pongs.send(member);
                     }
                 });
@@ -807,7 +847,9 @@ impl Daemon {
                 // Lease-majority: the leader lease is the lease; holding it, this side wins.
                 let decision = match decision {
                     sbr::Decision::AcquireLeaseAndDownUnreachable { .. } => sbr::Decision::DownUnreachable,
-                    sbr::Decision::AcquireLeaseAndDownIndirectlyConnected { .. } => sbr::Decision::DownIndirectlyConnected,
+                    sbr::Decision::AcquireLeaseAndDownIndirectlyConnected { .. } => {
+                        sbr::Decision::DownIndirectlyConnected
+                    }
                     other => other,
                 };
                 warn!(?decision, strategy = ?self.strategy, "split-brain resolver decided");

@@ -16,10 +16,10 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::cluster::MemberId;
 use super::batching::{AppendRequest, BatchLimits, BatchWriter, Batcher};
 use super::migrations::{self, Migration};
 use super::*;
+use crate::cluster::MemberId;
 use crate::config::PostgresConfig;
 
 /// How long opening a new connection may take, and how long a caller waits for a free pooled connection, before
@@ -65,6 +65,16 @@ impl PostgresStore {
     /// keeps no minimum of idle connections, so `pool_min_idle` is not used: connections open on demand.
     pub async fn open(config: &PostgresConfig, num_shards: u32) -> Result<Self> {
         Self::open_as(config, num_shards, None).await
+    }
+
+    /// Creates the schema if missing and applies pending migrations (what [`open`](Self::open) does first),
+    /// without starting anything: a cluster member needs the cluster tables before it can join.
+    pub async fn prepare(config: &PostgresConfig, num_shards: u32) -> Result<()> {
+        validate_identifier(&config.schema)?;
+        let pool = build_pool(config)?;
+        let mut client = pool.get().await.map_err(map_error)?;
+        migrate(&mut client, &config.schema).await?;
+        check_num_shards(&client, num_shards).await
     }
 
     /// [`open`](Self::open) for a cluster member: journal writes are fenced on `writer` (see
@@ -368,10 +378,7 @@ impl BatchWriter for JournalWriter {
         // means fenced, and nothing of the batch was stored.
         let insert = client.prepare_cached(&FENCED_INSERT_SQL).await.map_err(map_error)?;
         let inserted = client
-            .execute(
-                &insert,
-                &[&now_millis(), &ids, &revisions, &shards, &payloads, &writer.node, &writer.incarnation],
-            )
+            .execute(&insert, &[&now_millis(), &ids, &revisions, &shards, &payloads, &writer.node, &writer.incarnation])
             .await
             .map_err(map)?;
         if inserted as usize != rows {
