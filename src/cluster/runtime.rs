@@ -792,10 +792,10 @@ impl Daemon {
         // The first node forms the cluster once the required contact points have joined (COS_REPLICA_COUNT).
         let live = snapshot.members.iter().filter(|m| !m.status.is_terminal() && m.lease_valid).count();
         let any_up = snapshot.members.iter().any(|m| m.status == MemberStatus::Up);
-        if any_up || live >= self.context.config.replica_count {
-            if let Err(e) = self.context.membership.promote_joining(&me, 1).await {
-                warn!(error = %e, "cannot promote joining members");
-            }
+        if (any_up || live >= self.context.config.replica_count)
+            && let Err(e) = self.context.membership.promote_joining(&me, 1).await
+        {
+            warn!(error = %e, "cannot promote joining members");
         }
         // Dead members: their lease expired, so they have stopped writing; down them at once (no SBR wait).
         let expired: Vec<MemberId> = snapshot
@@ -872,11 +872,11 @@ impl Daemon {
 
     async fn ensure_coordinator(&mut self, snapshot: &Arc<ClusterSnapshot>, epoch: i64) {
         let existing = self.context.local_coordinator();
-        if let Some(coordinator) = existing {
-            if coordinator.get_status() == ractor::ActorStatus::Running {
-                let _ = coordinator.send_message(CoordinatorMessage::Members(snapshot.clone()));
-                return;
-            }
+        if let Some(coordinator) = existing
+            && coordinator.get_status() == ractor::ActorStatus::Running
+        {
+            let _ = coordinator.send_message(CoordinatorMessage::Members(snapshot.clone()));
+            return;
         }
         let args = CoordinatorArgs { context: self.context.clone(), epoch, snapshot: snapshot.clone() };
         match Actor::spawn(None, Coordinator, args).await {
