@@ -550,3 +550,44 @@ async fn hold<T>(sockets: T) {
     std::future::pending::<()>().await;
     drop(sockets);
 }
+
+/// The journal of a cluster member stores events only while the member may write: once it is downed (or its
+/// lease expired), its appends fail as fenced and store nothing, batch-mates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_writes_are_fenced_on_the_writers_membership() {
+    use regent::persistence::{Journal, PersistedEvent};
+    let (config, store) = setup().await;
+    let (a, b) = (member("a", "1"), member("b", "1"));
+    up(&store, &[&a, &b]).await;
+    let journal = PostgresStore::open_as(&config, 4, Some(b.clone())).await.unwrap();
+    let event = |revision: u64| PersistedEvent { revision, payload: bytes::Bytes::from(format!("e{revision}")) };
+    journal.append("x", 0, &[event(1)]).await.expect("an up member writes");
+
+    let version = store.version().await.unwrap();
+    assert!(store.down(&[b.clone()], version, &a).await.unwrap());
+    let appends = (0..4).map(|i| {
+        let journal = journal.clone();
+        let event = event(2);
+        async move { journal.append(&format!("y{i}"), 0, &[event]).await }
+    });
+    for outcome in futures::future::join_all(appends).await {
+        assert!(
+            matches!(outcome, Err(regent::persistence::Error::Fenced(_))),
+            "a downed member is fenced: {outcome:?}"
+        );
+    }
+    assert!(matches!(journal.append("x", 0, &[event(2)]).await, Err(regent::persistence::Error::Fenced(_))));
+    assert_eq!(journal.read_events("x", 0).await.unwrap(), vec![event(1)], "nothing of a fenced write is stored");
+    for i in 0..4 {
+        assert!(journal.read_events(&format!("y{i}"), 0).await.unwrap().is_empty());
+    }
+
+    // A member whose lease expired is fenced as well, without anyone downing it.
+    let c = member("c", "1");
+    store.join(&c, "127.0.0.1:7100", TTL).await.unwrap();
+    store.promote_joining(&a, 1).await.unwrap();
+    let journal = PostgresStore::open_as(&config, 4, Some(c.clone())).await.unwrap();
+    journal.append("z", 0, &[event(1)]).await.expect("c writes while its lease is valid");
+    tokio::time::sleep(TTL * 2).await;
+    assert!(matches!(journal.append("z", 0, &[event(2)]).await, Err(regent::persistence::Error::Fenced(_))));
+}
