@@ -135,6 +135,9 @@ pub struct EntityConfig {
     pub command_handler_timeout_secs: u64,
     /// `REGENT_PASSIVATION_IDLE_SECS`: stop an entity after this long without a message (0 = never).
     pub passivation_idle_secs: u64,
+    /// `REGENT_PASSIVATION_ACTIVE_ENTITY_LIMIT`: at most this many live entities per node; beyond it the least
+    /// recently used are passivated (0 = no limit).
+    pub active_entity_limit: usize,
 }
 
 /// Snapshots and journal compaction (`COS_SNAPSHOT_FREQUENCY`, ...).
@@ -357,7 +360,7 @@ impl Default for WriteSideConfig {
 
 impl Default for EntityConfig {
     fn default() -> Self {
-        Self { num_shards: 16, command_handler_timeout_secs: 5, passivation_idle_secs: 120 }
+        Self { num_shards: 16, command_handler_timeout_secs: 5, passivation_idle_secs: 120, active_entity_limit: 0 }
     }
 }
 
@@ -608,6 +611,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_NUM_SHARDS", &[], "entities.num_shards", U32),
     var("COS_COMMAND_HANDLER_TIMEOUT", &[], "entities.command_handler_timeout_secs", EnvKind::Secs),
     var("REGENT_PASSIVATION_IDLE_SECS", &[], "entities.passivation_idle_secs", EnvKind::Secs),
+    var("REGENT_PASSIVATION_ACTIVE_ENTITY_LIMIT", &[], "entities.active_entity_limit", USIZE),
     var("COS_SNAPSHOT_FREQUENCY", &[], "snapshots.frequency", U64),
     var("COS_NUM_SNAPSHOTS_TO_RETAIN", &[], "snapshots.retain", U32),
     var("COS_DISABLE_SNAPSHOT", &[], "snapshots.disabled", EnvKind::Bool),

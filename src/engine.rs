@@ -88,6 +88,8 @@ impl Engine {
             num_shards,
             settings,
             passivation_idle,
+            active_entity_limit: (config.entities.active_entity_limit > 0)
+                .then_some(config.entities.active_entity_limit),
             cluster: cluster.map(ClusterRuntime::context),
             read_sides: read_side_supervisor.clone(),
         };

@@ -61,6 +61,8 @@ pub struct RegionArgs {
     pub num_shards: u32,
     pub settings: EntitySettings,
     pub passivation_idle: Option<Duration>,
+    /// At most this many live entities on this node, shared evenly by the shards hosted here (`None`: no limit).
+    pub active_entity_limit: Option<usize>,
     /// `Some` in a cluster: shards are hosted where the coordinator says.
     pub cluster: Option<Arc<ClusterContext>>,
     /// The read sides, whose processors follow the shards hosted here (in a cluster).
@@ -213,6 +215,7 @@ impl Actor for ShardRegion {
             && state.shards.get(&shard).is_some_and(|a| a.get_id() == cell.get_id())
         {
             state.shards.remove(&shard);
+            state.share_limit();
         }
         Ok(())
     }
@@ -341,11 +344,13 @@ impl RegionState {
                     shard,
                     settings: self.args.settings.clone(),
                     passivation_idle: self.args.passivation_idle,
+                    active_limit: self.shard_limit(self.shards.len() + 1),
                 };
                 match Actor::spawn_linked(None, ShardActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
                         self.by_actor.insert(actor.get_id(), shard);
                         self.shards.insert(shard, actor.clone());
+                        self.share_limit();
                         actor
                     }
                     Err(e) => {
@@ -364,6 +369,22 @@ impl RegionState {
         }
     }
 
+    /// A shard's share of the node's active-entity limit when `shards` shards are live.
+    fn shard_limit(&self, shards: usize) -> Option<usize> {
+        self.args.active_entity_limit.map(|limit| (limit / shards.max(1)).max(1))
+    }
+
+    /// Tells every live shard its share of the limit (the number of shards changed).
+    fn share_limit(&self) {
+        if self.args.active_entity_limit.is_none() {
+            return;
+        }
+        let limit = self.shard_limit(self.shards.len());
+        for shard in self.shards.values() {
+            let _ = shard.send_message(ShardMessage::SetActiveLimit(limit));
+        }
+    }
+
     /// Stops the shard's entities (each finishes what it is processing) and the shard, then replies. Requests
     /// arriving meanwhile wait for the shard's new home.
     fn hand_off(&mut self, myself: &ActorRef<RegionMessage>, shard: u32, reply: RpcReplyPort<()>) {
@@ -372,6 +393,7 @@ impl RegionState {
             self.schedule_retry(myself);
         }
         let actor = self.shards.remove(&shard);
+        self.share_limit();
         self.stopping.insert(shard);
         let timeout = self.args.cluster.as_ref().map(|c| c.handoff_timeout()).unwrap_or(Duration::from_secs(10));
         let region = myself.clone();

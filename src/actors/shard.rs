@@ -21,6 +21,8 @@ pub enum ShardMessage {
     Deliver { entity_id: String, message: EntityMessage },
     /// Look for idle entities to passivate.
     PassivateIdle,
+    /// At most this many live entities in this shard (its share of the node's limit); `None`: no limit.
+    SetActiveLimit(Option<usize>),
 }
 
 pub struct ShardArgs {
@@ -28,12 +30,15 @@ pub struct ShardArgs {
     pub settings: EntitySettings,
     /// Stop entities idle for this long (`None`: never).
     pub passivation_idle: Option<Duration>,
+    /// Passivate the least recently used entity beyond this many live ones (`None`: no limit).
+    pub active_limit: Option<usize>,
 }
 
 pub struct ShardState {
     shard: u32,
     settings: EntitySettings,
     passivation_idle: Option<Duration>,
+    active_limit: Option<usize>,
     active: HashMap<String, Live>,
     /// Entities asked to passivate that have not stopped yet, with the messages that arrived meanwhile.
     passivating: HashMap<String, Vec<EntityMessage>>,
@@ -63,6 +68,7 @@ impl Actor for ShardActor {
             shard: args.shard,
             settings: args.settings,
             passivation_idle: args.passivation_idle,
+            active_limit: args.active_limit,
             active: HashMap::new(),
             passivating: HashMap::new(),
             by_actor: HashMap::new(),
@@ -78,6 +84,10 @@ impl Actor for ShardActor {
         match message {
             ShardMessage::Deliver { entity_id, message } => state.deliver(&myself, entity_id, message).await,
             ShardMessage::PassivateIdle => state.passivate_idle(),
+            ShardMessage::SetActiveLimit(limit) => {
+                state.active_limit = limit;
+                state.enforce_limit(0);
+            }
         }
         Ok(())
     }
@@ -126,6 +136,7 @@ impl ShardState {
             }
             return;
         }
+        self.enforce_limit(1);
         let args = EntityArgs { entity_id: entity_id.clone(), shard: self.shard, settings: self.settings.clone() };
         match Actor::spawn_linked(None, EntityActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -134,6 +145,28 @@ impl ShardState {
                 self.active.insert(entity_id, Live { actor, last_message: Instant::now() });
             }
             Err(e) => message.fail(&format!("could not start entity: {e}")),
+        }
+    }
+
+    /// Passivates the least recently used entities until `room` more fit under the limit.
+    fn enforce_limit(&mut self, room: usize) {
+        let Some(limit) = self.active_limit else { return };
+        while !self.active.is_empty() && self.active.len() + room > limit.max(1) {
+            let (lru, _) = self
+                .active
+                .iter()
+                .min_by_key(|(_, live)| live.last_message)
+                .map(|(id, live)| (id.clone(), live.last_message))
+                .expect("not empty");
+            self.passivate(lru);
+        }
+    }
+
+    fn passivate(&mut self, entity_id: String) {
+        let Some(live) = self.active.remove(&entity_id) else { return };
+        debug!(%entity_id, shard = self.shard, "passivating entity");
+        if live.actor.send_message(EntityMessage::Passivate).is_ok() {
+            self.passivating.insert(entity_id, Vec::new());
         }
     }
 
@@ -147,11 +180,7 @@ impl ShardState {
             .map(|(id, _)| id.clone())
             .collect();
         for entity_id in idle_ids {
-            let live = self.active.remove(&entity_id).expect("listed above");
-            debug!(%entity_id, shard = self.shard, "entity idle: passivating");
-            if live.actor.send_message(EntityMessage::Passivate).is_ok() {
-                self.passivating.insert(entity_id, Vec::new());
-            }
+            self.passivate(entity_id);
         }
     }
 }
