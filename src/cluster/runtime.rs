@@ -513,7 +513,8 @@ struct Daemon {
     stability: Stability,
     last_version: i64,
     strategy: Strategy,
-    last_dial: HashMap<String, Instant>,
+    /// Per address: when it was last dialled and how many dials in a row did not produce a link.
+    last_dial: HashMap<String, (Instant, u32)>,
     last_discovery: Option<Instant>,
     sequence: u64,
     pongs: (mpsc::UnboundedSender<MemberId>, mpsc::UnboundedReceiver<MemberId>),
@@ -670,7 +671,12 @@ impl Daemon {
 
     /// Links to every live member without a link (and, now and then, to seeds and DNS-discovered addresses).
     async fn dial(&mut self, snapshot: &ClusterSnapshot, linked: &HashSet<String>) {
-        let retry = Duration::from_millis(self.context.config.heartbeat_interval_ms.max(500));
+        // Dials back off exponentially (a blackholed peer accepts the TCP connection and never answers the
+        // handshake, which ractor_cluster does not time out); a link resets the backoff.
+        let base = Duration::from_millis(self.context.config.heartbeat_interval_ms.max(500));
+        for member in snapshot.members.iter().filter(|m| linked.contains(&m.id.to_string())) {
+            self.last_dial.remove(&member.address);
+        }
         let mut targets: Vec<String> = snapshot
             .members
             .iter()
@@ -686,10 +692,14 @@ impl Daemon {
         }
         let me_address = format!("{}:{}", advertised_host(&self.context.config), self.context.config.port);
         for address in targets {
-            if address == me_address || self.last_dial.get(&address).is_some_and(|t| t.elapsed() < retry) {
+            let attempts = self.last_dial.get(&address).map_or(0, |(_, n)| *n);
+            let wait = base
+                .checked_mul(2u32.saturating_pow(attempts.saturating_sub(1)))
+                .map_or(Duration::from_secs(5), |w| w.min(Duration::from_secs(5)));
+            if address == me_address || self.last_dial.get(&address).is_some_and(|(t, _)| t.elapsed() < wait) {
                 continue;
             }
-            self.last_dial.insert(address.clone(), Instant::now());
+            self.last_dial.insert(address.clone(), (Instant::now(), attempts + 1));
             let transport = self.transport.clone();
             tokio::spawn(async move {
                 if let Err(e) = transport.dial(&address).await {
