@@ -899,6 +899,8 @@ impl Config {
             "cluster.node_name",
             || format!("must be letters, digits, - and _ (at most 63), got {:?}", c.node_name),
         )?;
+        // ractor_cluster cannot tell which port it bound, and other nodes dial the advertised one.
+        check(c.port != 0, "cluster.port", || "must not be 0: other nodes dial it".into())?;
         check(c.lease_ttl_ms >= 300, "cluster.lease_ttl_ms", || "must be at least 300".into())?;
         check(c.heartbeat_interval_ms >= 10, "cluster.heartbeat_interval_ms", || "must be at least 10".into())?;
         check(c.heartbeat_interval_ms < c.lease_ttl_ms, "cluster.heartbeat_interval_ms", || {
