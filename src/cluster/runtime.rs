@@ -834,7 +834,9 @@ impl Daemon {
         let mut up: Vec<_> = snapshot
             .members
             .iter()
-            .filter(|m| m.status == MemberStatus::Up && m.lease_valid && !unreachable.contains(&m.id))
+            // Akka's leader is the first member that is up or leaving: a leaving leader keeps leading (and
+            // coordinating its own hand-off) until it releases the lease.
+            .filter(|m| m.status.may_write() && m.lease_valid && !unreachable.contains(&m.id))
             .collect();
         if up.is_empty() {
             // No cluster yet: the oldest joining member forms it.
