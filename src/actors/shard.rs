@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, warn};
 
 use super::entity::{EntityActor, EntityArgs, EntityMessage, EntitySettings};
@@ -21,6 +21,18 @@ pub enum ShardMessage {
     Deliver { entity_id: String, message: EntityMessage },
     /// Look for idle entities to passivate.
     PassivateIdle,
+    /// Report the shard's number and entities (the admin endpoint's `/actors`).
+    Describe(RpcReplyPort<ShardDescription>),
+}
+
+/// What a shard reports of itself.
+#[derive(Debug, Clone)]
+pub struct ShardDescription {
+    pub shard: u32,
+    /// The entity id of each of its entity actors, those passivating included.
+    pub entities: HashMap<ActorId, String>,
+    /// Entities asked to passivate that have not stopped yet.
+    pub passivating: Vec<String>,
 }
 
 pub struct ShardArgs {
@@ -78,6 +90,9 @@ impl Actor for ShardActor {
         match message {
             ShardMessage::Deliver { entity_id, message } => state.deliver(&myself, entity_id, message).await,
             ShardMessage::PassivateIdle => state.passivate_idle(),
+            ShardMessage::Describe(reply) => {
+                let _ = reply.send(state.describe());
+            }
         }
         Ok(())
     }
@@ -134,6 +149,14 @@ impl ShardState {
                 self.active.insert(entity_id, Live { actor, last_message: Instant::now() });
             }
             Err(e) => message.fail(&format!("could not start entity: {e}")),
+        }
+    }
+
+    fn describe(&self) -> ShardDescription {
+        ShardDescription {
+            shard: self.shard,
+            entities: self.by_actor.clone(),
+            passivating: self.passivating.keys().cloned().collect(),
         }
     }
 
