@@ -1,5 +1,6 @@
 //! The composition root: builds one node from its [`Config`] in two steps, [`Node::start`] (open the store, spawn
-//! the shard region, bind and serve gRPC) and [`Node::shutdown`] (stop serving, drain, stop the actors).
+//! the shard region, bind and serve gRPC and the admin endpoint) and [`Node::shutdown`] (stop serving, drain, stop
+//! the actors).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::admin::{ActorRoots, AdminContext, AdminServer, Readiness, SingleNode};
 use crate::config::read_sides::{self, ReadSideSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
@@ -43,6 +45,9 @@ pub struct Node {
     engine: Engine,
     stop_serving: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// What the admin endpoint's `/ready` answers.
+    readiness: watch::Sender<Readiness>,
+    admin: Option<AdminServer>,
 }
 
 impl Node {
@@ -69,6 +74,7 @@ impl Node {
         let addr = format!("{}:{}", config.server.address, config.server.port);
         let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind { addr: addr.clone(), source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+        let (readiness, admin) = start_admin(&config, &engine, local_addr).await?;
 
         let service = ChiefOfState::new(engine.handle(), Arc::new(config.write_side.clone()), engine.subscriptions());
         let max = config.server.max_message_bytes;
@@ -96,13 +102,19 @@ impl Node {
                     },
                 ),
         );
+        readiness.send_replace(Readiness::ready());
         info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
-        Ok(Node { local_addr, engine, stop_serving, server })
+        Ok(Node { local_addr, engine, stop_serving, server, readiness, admin })
     }
 
     /// The address gRPC is served on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the admin endpoint is served on, when `admin.enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// Serves until `signal` completes, then shuts down.
@@ -114,11 +126,42 @@ impl Node {
     /// Stops accepting requests, lets those in flight finish, then stops every actor.
     pub async fn shutdown(self) -> Result<(), Error> {
         info!("regent node shutting down");
+        self.readiness.send_replace(Readiness::not_ready("shutting down"));
         let _ = self.stop_serving.send(());
         // Open subscription streams would keep the server from finishing.
         self.engine.close_subscriptions();
         let served = self.server.await.map_err(|e| Error::Server(e.to_string()))?;
         self.engine.shutdown().await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         served.map_err(|e| Error::Server(e.to_string()))
     }
+}
+
+/// Serves the admin endpoint when `admin.enabled`, not ready until the node serves gRPC.
+async fn start_admin(
+    config: &Config,
+    engine: &Engine,
+    grpc_addr: SocketAddr,
+) -> Result<(watch::Sender<Readiness>, Option<AdminServer>), Error> {
+    let (readiness, watch) = watch::channel(Readiness::not_ready("starting"));
+    if !config.admin.enabled {
+        return Ok((readiness, None));
+    }
+    let node = match config.cluster.node_name.as_str() {
+        "" => grpc_addr.to_string(),
+        name => name.to_string(),
+    };
+    let single =
+        SingleNode { node: node.clone(), address: grpc_addr.to_string(), num_shards: config.entities.num_shards };
+    let ctx = AdminContext {
+        node,
+        readiness: watch,
+        cluster: Arc::new(single),
+        actors: ActorRoots::new(engine.actor_roots()),
+    };
+    let addr = format!("{}:{}", config.admin.address, config.admin.port);
+    let admin = AdminServer::start(&addr, ctx).await.map_err(|source| Error::Bind { addr, source })?;
+    Ok((readiness, Some(admin)))
 }
