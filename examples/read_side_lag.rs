@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::default();
     config.server.address = "127.0.0.1".into();
     config.server.port = 0;
+    config.admin.port = 0;
     config.write_side.host = "127.0.0.1".into();
     config.write_side.port = handler.port();
     config.read_side.enabled = true;

@@ -116,6 +116,13 @@ impl Engine {
         self.subscriptions.clone()
     }
 
+    /// The roots of the engine's actor tree: the shard region and, when read sides run, their supervisor.
+    pub fn actor_roots(&self) -> Vec<ractor::ActorCell> {
+        let mut roots = vec![self.handle.region.get_cell()];
+        roots.extend(self.read_sides.as_ref().map(|supervisor| supervisor.get_cell()));
+        roots
+    }
+
     /// Ends subscriptions (their streams would keep a server from draining).
     pub fn close_subscriptions(&self) {
         if let Some(hub) = &self.subscriptions {

@@ -10,6 +10,7 @@
 //! - [`write_side`]: the write-handler contract (`WriteSide`), gRPC or in process.
 //! - [`config`]: the one configuration loader (defaults → TOML → environment, with CoS names → flags).
 //! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
+//! - [`admin`]: the admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`) and its client.
 //! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
 //! - [`persistence`]: journal and snapshot store traits, with PostgreSQL and embedded SQLite backends.
 //! - [`cluster`]: the PostgreSQL-refereed membership, leases, lease keeper and split-brain rules (not wired into
@@ -20,6 +21,7 @@
 //! - [`subscriptions`]: publication of persisted events to `Subscribe` / `SubscribeAll` streams.
 //! - [`telemetry`]: logging set-up.
 pub mod actors;
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         Command::Bank(command) => bank_command(command).await,
         Command::GetState(args) => get_state(args).await,
         Command::Readside(command) => regent::cli::readside::run(command).await,
+        Command::Admin(command) => regent::cli::admin::run(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

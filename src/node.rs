@@ -1,5 +1,6 @@
 //! The composition root: builds one node from its [`Config`] in two steps, [`Node::start`] (open the store, spawn
-//! the shard region, bind and serve gRPC) and [`Node::shutdown`] (stop serving, drain, stop the actors).
+//! the shard region, bind and serve gRPC and the admin endpoint) and [`Node::shutdown`] (stop serving, drain, stop
+//! the actors).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +12,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::admin::{ActorRoots, AdminContext, AdminServer, Readiness, SingleNode};
 use crate::cluster::runtime::{ClusterRuntime, Membership};
+use crate::cluster::status::ClusterStatusSource;
 use crate::config::read_sides::{self, ReadSideSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
@@ -49,6 +52,9 @@ pub struct Node {
     cluster: Option<ClusterRuntime>,
     stop_serving: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// What the admin endpoint's `/ready` answers.
+    readiness: watch::Sender<Readiness>,
+    admin: Option<AdminServer>,
 }
 
 impl Node {
@@ -79,6 +85,7 @@ impl Node {
         let addr = format!("{}:{}", config.server.address, config.server.port);
         let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind { addr: addr.clone(), source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+        let (readiness, admin) = start_admin(&config, &engine, cluster.as_ref(), local_addr).await?;
 
         let service = ChiefOfState::new(engine.handle(), Arc::new(config.write_side.clone()), engine.subscriptions());
         let max = config.server.max_message_bytes;
@@ -106,13 +113,24 @@ impl Node {
                     },
                 ),
         );
+        match &cluster {
+            None => {
+                readiness.send_replace(Readiness::ready());
+            }
+            Some(cluster) => follow_cluster_readiness(cluster, readiness.clone()),
+        }
         info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
-        Ok(Node { local_addr, engine, cluster, stop_serving, server })
+        Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin })
     }
 
     /// The address gRPC is served on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the admin endpoint is served on, when `admin.enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// In a cluster, this member's state (`Stopped` once it was fenced or downed: the node must exit).
@@ -168,11 +186,77 @@ impl Node {
             cluster.leave().await;
         }
         info!("regent node shutting down");
+        self.readiness.send_replace(Readiness::not_ready("shutting down"));
         let _ = self.stop_serving.send(());
         // Open subscription streams would keep the server from finishing.
         self.engine.close_subscriptions();
         let served = self.server.await.map_err(|e| Error::Server(e.to_string()))?;
         self.engine.shutdown().await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         served.map_err(|e| Error::Server(e.to_string()))
     }
+}
+
+/// Serves the admin endpoint when `admin.enabled`, not ready until the node serves gRPC.
+async fn start_admin(
+    config: &Config,
+    engine: &Engine,
+    cluster: Option<&ClusterRuntime>,
+    grpc_addr: SocketAddr,
+) -> Result<(watch::Sender<Readiness>, Option<AdminServer>), Error> {
+    let (readiness, watch) = watch::channel(Readiness::not_ready("starting"));
+    if !config.admin.enabled {
+        return Ok((readiness, None));
+    }
+    let mut roots = engine.actor_roots();
+    let (node, source): (String, Arc<dyn ClusterStatusSource>) = match cluster {
+        Some(cluster) => {
+            roots.extend(cluster.actor_roots());
+            (cluster.member().to_string(), cluster.status_source())
+        }
+        None => {
+            let node = match config.cluster.node_name.as_str() {
+                "" => grpc_addr.to_string(),
+                name => name.to_string(),
+            };
+            let single = SingleNode {
+                node: node.clone(),
+                address: grpc_addr.to_string(),
+                num_shards: config.entities.num_shards,
+            };
+            (node, Arc::new(single))
+        }
+    };
+    let ctx = AdminContext { node, readiness: watch, cluster: source, actors: ActorRoots::new(roots) };
+    let addr = format!("{}:{}", config.admin.address, config.admin.port);
+    let admin = AdminServer::start(&addr, ctx).await.map_err(|source| Error::Bind { addr, source })?;
+    Ok((readiness, Some(admin)))
+}
+
+/// Keeps `/ready` in step with the cluster member: ready while it is `up` and reads the database.
+fn follow_cluster_readiness(cluster: &ClusterRuntime, readiness: watch::Sender<Readiness>) {
+    let mut membership = cluster.membership();
+    let check = cluster.readiness_probe();
+    tokio::spawn(async move {
+        loop {
+            let next = match check() {
+                Ok(()) => Readiness::ready(),
+                Err(reason) => Readiness::not_ready(reason),
+            };
+            readiness.send_if_modified(|current| {
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+            if readiness.is_closed() {
+                return;
+            }
+            tokio::select! {
+                changed = membership.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    });
 }

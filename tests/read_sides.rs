@@ -372,6 +372,7 @@ impl RegentProcess {
             .arg("start")
             .env("COS_PORT", port.to_string())
             .env("COS_ADDRESS", "127.0.0.1")
+            .env("REGENT_ADMIN_PORT", "0")
             .env("LOG_LEVEL", "warn")
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, warn};
 
 use super::entity::{EntityActor, EntityArgs, EntityMessage, EntitySettings};
@@ -23,6 +23,18 @@ pub enum ShardMessage {
     PassivateIdle,
     /// At most this many live entities in this shard (its share of the node's limit); `None`: no limit.
     SetActiveLimit(Option<usize>),
+    /// Report the shard's number and entities (the admin endpoint's `/actors`).
+    Describe(RpcReplyPort<ShardDescription>),
+}
+
+/// What a shard reports of itself.
+#[derive(Debug, Clone)]
+pub struct ShardDescription {
+    pub shard: u32,
+    /// The entity id of each of its entity actors, those passivating included.
+    pub entities: HashMap<ActorId, String>,
+    /// Entities asked to passivate that have not stopped yet.
+    pub passivating: Vec<String>,
 }
 
 pub struct ShardArgs {
@@ -87,6 +99,9 @@ impl Actor for ShardActor {
             ShardMessage::SetActiveLimit(limit) => {
                 state.active_limit = limit;
                 state.enforce_limit(0);
+            }
+            ShardMessage::Describe(reply) => {
+                let _ = reply.send(state.describe());
             }
         }
         Ok(())
@@ -167,6 +182,14 @@ impl ShardState {
         debug!(%entity_id, shard = self.shard, "passivating entity");
         if live.actor.send_message(EntityMessage::Passivate).is_ok() {
             self.passivating.insert(entity_id, Vec::new());
+        }
+    }
+
+    fn describe(&self) -> ShardDescription {
+        ShardDescription {
+            shard: self.shard,
+            entities: self.by_actor.clone(),
+            passivating: self.passivating.keys().cloned().collect(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod admin;
 pub mod readside;
 
 use crate::config::{Backend, Overrides};
@@ -32,6 +33,36 @@ pub enum Command {
     /// Exit codes: 0 done, 1 the node refused or failed (the message says why), 2 bad usage.
     #[command(subcommand)]
     Readside(ReadsideCommand),
+    /// Ask a node's admin endpoint: liveness, readiness, the cluster as it sees it, its actor tree.
+    ///
+    /// Exit codes: 0 done (and, for `ready`, ready), 1 failed or not ready, 2 bad usage.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// `/health`: whether the node's process serves.
+    Health(AdminNodeArg),
+    /// `/ready`: whether the node takes traffic, and if not why.
+    Ready(AdminNodeArg),
+    /// `/cluster`: the members, leader, coordinator and oldest member, and where each shard lives.
+    Cluster(AdminNodeArg),
+    /// `/actors`: the node's actor tree (region → shards → entities, read sides), with counts per kind.
+    Actors {
+        /// Entities listed at most per shard (the counts include the others).
+        #[arg(long, default_value_t = crate::admin::actors::DEFAULT_MAX_ENTITIES)]
+        max_entities: usize,
+        #[command(flatten)]
+        node: AdminNodeArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminNodeArg {
+    /// The node's admin endpoint: `host:port` or `http://host:port`.
+    #[arg(long, default_value = "127.0.0.1:8558", env = "REGENT_ADMIN_NODE")]
+    pub node: String,
 }
 
 #[derive(Debug, Subcommand)]

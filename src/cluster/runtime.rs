@@ -55,6 +55,8 @@ pub struct ClusterContext {
     view: RwLock<SharedView>,
     /// The coordinator, while this member leads.
     coordinator: Mutex<Option<ActorRef<CoordinatorMessage>>>,
+    /// When the daemon last read the membership from the database.
+    last_view: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -372,6 +374,7 @@ impl ClusterRuntime {
             region: OnceLock::new(),
             view: RwLock::new(SharedView::default()),
             coordinator: Mutex::new(None),
+            last_view: Mutex::new(None),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let bind_port = if cluster.bind_port == 0 { cluster.port } else { cluster.bind_port };
@@ -432,6 +435,26 @@ impl ClusterRuntime {
         let mut roots = vec![self.peer.get_cell(), self.transport.server().get_cell()];
         roots.extend(self.context.local_coordinator().map(|c| c.get_cell()));
         roots
+    }
+
+    /// Whether the node should take traffic (`/ready`), or why not: it must be an `up` member that read the
+    /// database recently (the journal is reachable).
+    pub fn readiness_probe(&self) -> impl Fn() -> Result<(), String> + Send + 'static {
+        let membership = self.membership_state.clone();
+        let context = self.context.clone();
+        move || {
+            match &*membership.borrow() {
+                Membership::Joining => return Err("joining the cluster".into()),
+                Membership::Leaving => return Err("leaving the cluster".into()),
+                Membership::Stopped(reason) => return Err(format!("stopped: {reason}")),
+                Membership::Up => {}
+            }
+            let fresh = Duration::from_millis(context.config.heartbeat_interval_ms * 3).max(Duration::from_secs(2));
+            match *context.last_view.lock().expect("view lock") {
+                Some(at) if at.elapsed() <= fresh => Ok(()),
+                _ => Err("the database (journal) did not answer recently".into()),
+            }
+        }
     }
 
     /// A source of `/cluster`.
@@ -608,7 +631,10 @@ impl Daemon {
 
     async fn tick(&mut self) {
         let snapshot = match self.context.membership.snapshot().await {
-            Ok(snapshot) => Arc::new(snapshot),
+            Ok(snapshot) => {
+                *self.context.last_view.lock().expect("view lock") = Some(Instant::now());
+                Arc::new(snapshot)
+            }
             Err(e) => {
                 warn!(error = %e, "cannot read the cluster membership");
                 return;

@@ -67,8 +67,8 @@ pub struct TestNode {
     node: Option<Node>,
 }
 
-/// The configuration every test starts from: loopback, port 0, the given handler, a fresh Postgres schema, short
-/// timeouts.
+/// The configuration every test starts from: loopback, port 0 (gRPC and admin), the given handler, a fresh Postgres
+/// schema, short timeouts.
 pub fn base_config(handler: &TestHandler) -> Config {
     let mut config = Config::default();
     config.server.address = "127.0.0.1".into();
@@ -79,6 +79,8 @@ pub fn base_config(handler: &TestHandler) -> Config {
     config.entities.command_handler_timeout_secs = 5;
     config.store.backend = Backend::Postgres;
     config.store.postgres = pg::fresh_postgres_config();
+    // Many nodes share the process: never the fixed admin port.
+    config.admin.port = 0;
     config
 }
 

@@ -405,6 +405,7 @@ impl Env {
         [
             ("COS_ADDRESS", "127.0.0.1".to_string()),
             ("COS_PORT", port.to_string()),
+            ("REGENT_ADMIN_PORT", "0".into()),
             ("REGENT_STORE_BACKEND", "postgres".into()),
             ("COS_DB_HOST", self.pg.host.clone()),
             ("COS_DB_PORT", self.pg.port.to_string()),

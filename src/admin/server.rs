@@ -1,0 +1,159 @@
+//! The admin endpoint's HTTP server (axum): [`serve`] runs it on a listener until a shutdown future completes,
+//! [`AdminServer`] is the handle a node keeps.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::AdminContext;
+use super::actors::{self, DEFAULT_MAX_ENTITIES};
+
+/// How long [`AdminServer::shutdown`] waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running admin endpoint.
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<io::Result<()>>,
+}
+
+impl AdminServer {
+    /// Binds `addr` (`host:port`, port 0 picks one) and serves the admin endpoint on it.
+    pub async fn start(addr: &str, ctx: AdminContext) -> io::Result<AdminServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, ctx, async {
+            let _ = stopped.await;
+        }));
+        info!(address = %local_addr, "admin endpoint started");
+        Ok(AdminServer { local_addr, stop, server })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and lets the requests in flight finish (for a few seconds at most).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let mut server = self.server;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "admin endpoint failed"),
+            Ok(Err(e)) => warn!(error = %e, "admin endpoint task failed"),
+            Err(_) => {
+                warn!("admin endpoint still busy after {DRAIN_TIMEOUT:?}: closing its connections");
+                server.abort();
+            }
+        }
+    }
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown` completes, then drains the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: AdminContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
+}
+
+/// The admin routes.
+pub fn router(ctx: AdminContext) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/cluster", get(cluster))
+        .route("/actors", get(actor_tree))
+        .fallback(not_found)
+        .with_state(ctx)
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(ctx): State<AdminContext>) -> impl IntoResponse {
+    let readiness = ctx.readiness.borrow().clone();
+    let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(readiness))
+}
+
+async fn cluster(State(ctx): State<AdminContext>) -> impl IntoResponse {
+    Json(ctx.cluster.status().await)
+}
+
+#[derive(Debug, Deserialize)]
+struct ActorsQuery {
+    max_entities: Option<usize>,
+}
+
+async fn actor_tree(State(ctx): State<AdminContext>, Query(query): Query<ActorsQuery>) -> impl IntoResponse {
+    let max_entities = query.max_entities.unwrap_or(DEFAULT_MAX_ENTITIES);
+    Json(actors::walk(&ctx.node, ctx.actors.cells(), max_entities).await)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "no such endpoint: try /health, /ready, /cluster or /actors" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::admin::actors::ActorTree;
+    use crate::admin::{ActorRoots, Readiness, SingleNode, client};
+
+    #[tokio::test]
+    async fn ready_follows_the_watch_until_the_server_stops() {
+        let (readiness, watch) = watch::channel(Readiness::not_ready("joining the cluster"));
+        let single = SingleNode { node: "n1".into(), address: "127.0.0.1:9000".into(), num_shards: 4 };
+        let ctx = AdminContext {
+            node: "n1".into(),
+            readiness: watch,
+            cluster: Arc::new(single),
+            actors: ActorRoots::default(),
+        };
+        let server = AdminServer::start("127.0.0.1:0", ctx).await.unwrap();
+        let addr = server.local_addr().to_string();
+
+        let answer = client::get(&addr, "/ready").await.unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(body, json!({"ready": false, "reason": "joining the cluster"}));
+        assert!(
+            client::get_json::<Readiness>(&addr, "/ready", &[]).await.is_err(),
+            "503 is not accepted unless listed"
+        );
+
+        readiness.send_replace(Readiness::ready());
+        let ready: Readiness = client::get_json(&addr, "/ready", &[]).await.unwrap();
+        assert!(ready.ready);
+
+        let tree: ActorTree = client::get_json(&addr, "/actors", &[]).await.unwrap();
+        assert!(tree.roots.is_empty() && tree.counts.is_empty());
+        assert_eq!(tree.max_entities, DEFAULT_MAX_ENTITIES);
+
+        server.shutdown().await;
+        assert!(matches!(client::get(&addr, "/health").await, Err(client::Error::Connect { .. })));
+    }
+}
