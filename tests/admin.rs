@@ -212,6 +212,34 @@ async fn passivated_entities_leave_the_tree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_entity_limit_passivates_the_least_recently_used() {
+    // Two shards share a limit of 4: at most 2 live entities per shard.
+    let t = TestNode::start(|c| {
+        c.entities.num_shards = 2;
+        c.entities.active_entity_limit = 4;
+        c.entities.passivation_idle_secs = 0;
+    })
+    .await;
+    let ids: Vec<String> = (0..12).map(|_| entity("lru")).collect();
+    touch(&t, &ids).await;
+    // The most recently used entity of each shard is still live; the oldest ones were passivated.
+    let newest: BTreeSet<String> =
+        [0, 1].iter().filter_map(|s| ids.iter().rev().find(|id| shard_of(id, 2) == *s).cloned()).collect();
+    let live = eventually("the limit to hold", Duration::from_secs(10), || async {
+        let tree = actors(&t, "").await;
+        let live: BTreeSet<String> = entities_by_shard(the_region(&tree)).into_values().flatten().collect();
+        (live.len() <= 4).then_some(live)
+    })
+    .await;
+    assert!(newest.is_subset(&live), "the most recent entity of each shard stays live: {newest:?} ⊄ {live:?}");
+    // Passivated entities come back on their next command, from the journal.
+    let first = &ids[0];
+    let state = t.process(first, command("Append", "y")).await.expect("a passivated entity answers again");
+    assert_eq!(state.meta.expect("meta").revision_number, 2);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actors_show_the_read_side_processors() {
     let reader = ReadHandler::start().await;
     let yaml = ReadSidesYaml::write(&[ReadSideSpec::new("projection", reader.port())]);
