@@ -43,6 +43,8 @@ pub enum ReadSideError {
     ShardOutOfRange { shard: u64, num_shards: u32 },
     #[error("the processor of read side {0:?} in shard {1} is restarting; try again")]
     Restarting(String, u32),
+    #[error("shard {0} is hosted on another node of the cluster; send this request to that node (see /cluster)")]
+    NotHostedHere(u32),
     #[error(transparent)]
     Store(#[from] persistence::Error),
 }
@@ -324,9 +326,15 @@ impl SupervisorState {
             return Err(ReadSideError::UnknownReadSide(read_side_id.to_string()));
         }
         let shards: Vec<u32> = match shard {
-            Some(s) if s < u64::from(self.num_shards) => vec![s as u32],
-            Some(s) => return Err(ReadSideError::ShardOutOfRange { shard: s, num_shards: self.num_shards }),
-            None => (0..self.num_shards).collect(),
+            Some(s) if s >= u64::from(self.num_shards) => {
+                return Err(ReadSideError::ShardOutOfRange { shard: s, num_shards: self.num_shards });
+            }
+            Some(s) if self.hosted.as_ref().is_some_and(|h| !h.contains(&(s as u32))) => {
+                return Err(ReadSideError::NotHostedHere(s as u32));
+            }
+            Some(s) => vec![s as u32],
+            // In a cluster, an operation on every shard applies to the shards hosted here.
+            None => (0..self.num_shards).filter(|s| self.hosted.as_ref().is_none_or(|h| h.contains(s))).collect(),
         };
         Ok(shards.into_iter().map(|s| (s, self.processors.get(&(read_side_id.to_string(), s)).cloned())).collect())
     }

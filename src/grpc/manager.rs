@@ -24,6 +24,7 @@ impl From<ReadSideError> for Status {
             ReadSideError::UnknownReadSide(_) => Status::not_found(error.to_string()),
             ReadSideError::ShardOutOfRange { .. } => Status::invalid_argument(error.to_string()),
             ReadSideError::Restarting(..) => Status::unavailable(error.to_string()),
+            ReadSideError::NotHostedHere(_) => Status::failed_precondition(error.to_string()),
             ReadSideError::Store(e) => e.into(),
         }
     }
