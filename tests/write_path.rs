@@ -994,3 +994,31 @@ async fn embedded_store_persists_across_restart() {
     t.shutdown().await;
     drop(dir);
 }
+
+/// Two writers of one entity (two nodes on one database without a cluster, the worst case the cluster's fencing
+/// exists for): the one whose view is stale loses the write race on the journal's key, answers ABORTED, never OK,
+/// stores nothing, and its entity stops; its next command recovers from the journal and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_that_loses_a_write_race_never_acknowledges_and_recovers() {
+    use regent::proto::chief_of_state::v1::chief_of_state_service_client::ChiefOfStateServiceClient;
+    let t = TestNode::start(|_| {}).await;
+    let other = regent::Node::start(t.config.clone()).await.expect("a second node on the same store");
+    let mut other_client = ChiefOfStateServiceClient::connect(format!("http://{}", other.local_addr())).await.unwrap();
+    let id = entity("race");
+    t.process(&id, command("Append", "a")).await.unwrap();
+    let request =
+        |value: &str| ProcessCommandRequest { entity_id: id.clone(), command: Some(command("Append", value)) };
+    let b = other_client.process_command(request("b")).await.expect("the other node writes revision 2").into_inner();
+    assert_eq!(revision(b.meta.as_ref()), 2);
+
+    // The first node still believes the entity is at revision 1.
+    let lost = t.process(&id, command("Append", "c")).await.expect_err("a stale writer is refused");
+    assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+    assert_eq!(t.journal_revisions(&id).await, vec![1, 2], "nothing of the refused command is stored");
+    // The entity stopped; its next incarnation recovers revision 2 from the journal.
+    let next = t.process(&id, command("Append", "d")).await.expect("the entity serves again");
+    assert_eq!(revision(next.meta.as_ref()), 3);
+    assert_eq!(items(next.state.as_ref()), ["a", "b", "d"]);
+    other.shutdown().await.unwrap();
+    t.shutdown().await;
+}
