@@ -1,8 +1,17 @@
 //! Test support for the node-level integration tests: a scriptable write handler ([`handler`]), a fresh
 //! PostgreSQL schema per test ([`pg`]) and [`TestNode`], a real `regent::Node` on `127.0.0.1:0` wired to both.
+//!
+//! For the multi-process cluster suite (`tests/cluster.rs`): [`cluster`] starts real `regent` processes behind a
+//! [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the list-append write handler,
+//! ownership registry and checker, [`actor_tree`] reads `/actors`.
 #![allow(dead_code)]
 
+pub mod actor_tree;
+pub mod cluster;
+pub mod fault_proxy;
 pub mod handler;
+pub mod history;
+pub mod load;
 pub mod pg;
 pub mod read_handler;
 
