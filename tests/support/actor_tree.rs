@@ -85,7 +85,10 @@ fn walk(value: &Value, in_region: bool, shard: Option<u32>, out: &mut HostedActo
         },
         _ => {}
     }
-    if let Some(children) = object.get("children") {
-        walk(children, in_region, shard, out);
+    // The endpoint's top level is `{node, counts, roots: [...]}`; each actor lists its `children`.
+    for key in ["roots", "children"] {
+        if let Some(children) = object.get(key) {
+            walk(children, in_region, shard, out);
+        }
     }
 }
