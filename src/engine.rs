@@ -79,6 +79,7 @@ impl Engine {
             snapshots: config.snapshots.clone(),
             journal_signals,
             subscriptions: subscriptions.clone(),
+            lease: cluster.map(ClusterRuntime::lease_clock),
         };
         let passivation_idle = match config.entities.passivation_idle_secs {
             0 => None,

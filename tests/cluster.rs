@@ -331,6 +331,40 @@ async fn sigkill_of_the_coordinator_under_load() {
     sigkill_under_load(Victim::Coordinator).await;
 }
 
+/// SIGSTOP a member under load past its lease, then SIGCONT it: the survivors serve its shards meanwhile; the
+/// resumed process refuses work at once (its lease is not trusted any more), finds itself downed or fenced and
+/// exits non-zero; none of its late writes is stored or acknowledged, and no entity ever had two owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let load = standard_load(&cluster);
+    load.wait_acks(150, LOAD_PATIENCE).await;
+    let (victim, survivors) = pick(&mut cluster, Victim::Member).await;
+    let shards = cluster.shards_on(&survivors[0], &victim).await;
+    assert!(!shards.is_empty(), "{victim} hosts no shard");
+    let probes: Vec<String> = shards.iter().map(|shard| entity_in_shard("frozen", *shard, NUM_SHARDS)).collect();
+    let through_survivors = load.client.only(&refs(&survivors));
+    through_survivors.touch_all(&probes, LOAD_PATIENCE).await;
+
+    cluster.signal(&victim, "STOP");
+    let stopped_at = Instant::now();
+    let served = through_survivors.touch_all(&probes, Duration::from_secs(60)).await;
+    let failover = served.iter().map(|(_, at)| at.duration_since(stopped_at)).max().unwrap_or_default();
+    eprintln!("{victim} frozen: its shards served again after {failover:?}");
+    assert!(failover <= FAILOVER_LIMIT, "{victim}'s shards served again only after {failover:?}");
+    // Well past its lease, with the load still running on the survivors, the frozen node wakes up.
+    tokio::time::sleep(LEASE_TTL * 2).await;
+    cluster.signal(&victim, "CONT");
+    let exit = cluster.wait_exit(&victim, Duration::from_secs(30)).await;
+    assert!(!exit.success(), "a resumed zombie must exit non-zero, got {exit:?}");
+
+    load.wait_acks(100, LOAD_PATIENCE).await;
+    let history = load.stop().await;
+    assert_failures_retryable(&history);
+    cluster.check(&history).await.assert_ok();
+    cluster.finish().await;
+}
+
 /// The failover figures: `REGENT_FAILOVER_RUNS` (default 5) SIGKILLs of a member and of the coordinator, each on a
 /// fresh 3-node cluster under load; prints each time and the medians. Asserts nothing beyond what each run does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

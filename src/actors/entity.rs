@@ -45,6 +45,8 @@ pub struct EntitySettings {
     pub journal_signals: Arc<JournalSignals>,
     /// Where persisted events are published to subscribers (`None`: subscriptions disabled).
     pub subscriptions: Option<SubscriptionHub>,
+    /// In a cluster, this member's lease: an entity acts only while it is trusted (`None`: a node alone).
+    pub lease: Option<crate::cluster::keeper::LeaseClock>,
 }
 
 pub struct EntityActor;
@@ -118,6 +120,16 @@ impl Actor for EntityActor {
         message: EntityMessage,
         state: &mut EntityState,
     ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, EntityMessage::Passivate)
+            && state.settings.lease.as_ref().is_some_and(|lease| !lease.is_trusted())
+        {
+            // This member's lease may have expired (the process was paused, or cannot reach the database):
+            // another member may own the entity now. Refuse without calling the handler, and stop.
+            let why = "this node's cluster lease is not current; it is stopping";
+            message.reply_err(CommandError::Store(crate::persistence::Error::Fenced(why.into())));
+            myself.stop(Some("lease not trusted".into()));
+            return Ok(());
+        }
         match message {
             EntityMessage::Command { command, reply } => {
                 let outcome = state.process(command).await;

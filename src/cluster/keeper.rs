@@ -20,6 +20,7 @@
 
 use deadpool_postgres::tokio_postgres::{self, NoTls};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -78,10 +79,42 @@ impl KeeperOptions {
     }
 }
 
+/// Until when this node may trust its own lease, by its monotonic clock: the keeper's fencing deadline, moved on
+/// by each successful renewal. Entities check it before every command, so that a process resumed after a pause
+/// longer than its lease (SIGSTOP) refuses work at once, before its keeper has even run: nothing it does then can
+/// overlap with the member that took its entities over.
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    base: std::time::Instant,
+    /// Nanoseconds after `base`; 0 once fenced.
+    until: Arc<AtomicU64>,
+}
+
+impl LeaseClock {
+    fn new() -> Self {
+        Self { base: std::time::Instant::now(), until: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Whether the lease is still trusted now.
+    pub fn is_trusted(&self) -> bool {
+        (self.base.elapsed().as_nanos() as u64) < self.until.load(Ordering::Acquire)
+    }
+
+    fn trust_until(&self, deadline: Instant) {
+        let nanos = deadline.into_std().saturating_duration_since(self.base).as_nanos() as u64;
+        self.until.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    fn revoke(&self) {
+        self.until.store(0, Ordering::Release);
+    }
+}
+
 /// The running keeper. Dropping it (or [`stop`](Self::stop)) stops renewing and reports the node fenced.
 #[derive(Debug)]
 pub struct LeaseKeeper {
     health: Arc<watch::Sender<Health>>,
+    clock: LeaseClock,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -102,9 +135,16 @@ impl LeaseKeeper {
             return Err(Error::Tombstoned(renewer.member, status));
         }
         let health = Arc::new(watch::Sender::new(Health::Healthy));
+        let clock = LeaseClock::new();
+        clock.trust_until(sent + options.trust());
         let (shutdown, stopped) = oneshot::channel();
-        let task = tokio::spawn(renewer.run(sent, connection, Arc::clone(&health), stopped));
-        Ok(Self { health, shutdown: Some(shutdown), task })
+        let task = tokio::spawn(renewer.run(sent, connection, Arc::clone(&health), clock.clone(), stopped));
+        Ok(Self { health, clock, shutdown: Some(shutdown), task })
+    }
+
+    /// The clock entities check before acting as this member's writers.
+    pub fn clock(&self) -> LeaseClock {
+        self.clock.clone()
     }
 
     /// A receiver of the node's health, to select on in every component that must stop when fenced.
@@ -118,6 +158,7 @@ impl LeaseKeeper {
             let _ = shutdown.send(());
         }
         let _ = (&mut self.task).await;
+        self.clock.revoke();
         fence(&self.health, "the lease keeper was stopped".into());
     }
 }
@@ -125,6 +166,7 @@ impl LeaseKeeper {
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         self.task.abort();
+        self.clock.revoke();
         fence(&self.health, "the lease keeper was dropped".into());
     }
 }
@@ -165,8 +207,13 @@ impl Renewer {
         mut last_renewal: Instant,
         mut connection: Option<Connection>,
         health: Arc<watch::Sender<Health>>,
+        clock: LeaseClock,
         mut stopped: oneshot::Receiver<()>,
     ) {
+        let fence = |health: &watch::Sender<Health>, reason: String| {
+            clock.revoke();
+            fence(health, reason);
+        };
         let mut next = last_renewal + self.options.renew_interval;
         let mut backoff = self.options.backoff_min;
         loop {
@@ -188,6 +235,7 @@ impl Renewer {
                     return fence(&health, format!("member {} is {status}", self.member));
                 }
                 Ok((sent, _)) => {
+                    clock.trust_until(sent + self.options.trust());
                     last_renewal = sent;
                     next = sent + self.options.renew_interval;
                     backoff = self.options.backoff_min;

@@ -337,6 +337,7 @@ pub struct ClusterRuntime {
     stop_daemon: watch::Sender<bool>,
     membership_state: watch::Receiver<Membership>,
     leases: Leases,
+    lease_clock: super::keeper::LeaseClock,
 }
 
 impl ClusterRuntime {
@@ -403,6 +404,7 @@ impl ClusterRuntime {
         Ok(Self {
             context,
             transport,
+            lease_clock: keeper.clock(),
             keeper: Some(keeper),
             peer,
             daemon,
@@ -414,6 +416,11 @@ impl ClusterRuntime {
 
     pub fn member(&self) -> MemberId {
         self.context.me.clone()
+    }
+
+    /// The clock entities check before acting for this member (see [`LeaseClock`](super::keeper::LeaseClock)).
+    pub fn lease_clock(&self) -> super::keeper::LeaseClock {
+        self.lease_clock.clone()
     }
 
     pub fn context(&self) -> Arc<ClusterContext> {

@@ -176,8 +176,12 @@ impl WriteSideHandlerService for ListAppend {
             start,
             end: Instant::now(),
         });
+        // Idempotent, as the README asks of handlers whose clients retry: an op already applied (its first
+        // attempt persisted, but the reply was lost) is a no-op.
+        let applied = decode_list(body.prior_state.as_ref()).map_err(Status::failed_precondition)?;
+        let events = if applied.contains(&op) { Vec::new() } else { vec![op_any(&op)] };
         #[allow(deprecated)]
-        Ok(Response::new(HandleCommandResponse { event: None, events: vec![op_any(&op)] }))
+        Ok(Response::new(HandleCommandResponse { event: None, events }))
     }
 
     async fn handle_event(
@@ -657,14 +661,18 @@ fn check_ownership(
 
         // No stale owner: a command handled after a persisted command ended must see that command's event.
         let commands: Vec<&HandlerCall> = calls.iter().copied().filter(|c| c.kind == CallKind::Command).collect();
-        let mut persisted: Vec<(Instant, u32, &HandlerCall)> = commands
-            .iter()
-            .filter_map(|c| {
-                let op = c.op.as_deref()?;
-                let (e, revision) = landed.get(op)?;
-                (*e == *entity && *revision == i64::from(c.revision) + 1).then_some((c.end, c.revision + 1, *c))
-            })
-            .collect();
+        // A retried op may be handled on the same prior revision by two nodes (the first froze or died before
+        // persisting it): only the last of them can be the one whose event landed.
+        let mut landing: BTreeMap<(&str, u32), &HandlerCall> = BTreeMap::new();
+        for c in &commands {
+            let Some(op) = c.op.as_deref() else { continue };
+            let Some((e, revision)) = landed.get(op) else { continue };
+            if *e == *entity && *revision == i64::from(c.revision) + 1 {
+                landing.insert((op, c.revision), *c);
+            }
+        }
+        let mut persisted: Vec<(Instant, u32, &HandlerCall)> =
+            landing.values().map(|c| (c.end, c.revision + 1, *c)).collect();
         persisted.sort_by_key(|(end, _, _)| *end);
         let mut next = 0;
         let mut seen: Option<(u32, &HandlerCall)> = None;
