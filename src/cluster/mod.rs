@@ -18,6 +18,7 @@
 pub mod allocation;
 pub mod coordinator;
 pub mod detector;
+pub mod discovery;
 pub mod keeper;
 pub mod lease;
 pub mod membership;

@@ -721,7 +721,7 @@ impl Daemon {
         if discover && linked.is_empty() {
             self.last_discovery = Some(Instant::now());
             targets.extend(self.context.config.seeds.iter().cloned());
-            targets.extend(dns_targets(&self.context.service_name, &self.context.config).await);
+            targets.extend(super::discovery::discover(&self.context.service_name, &self.context.config).await);
         }
         let me_address = format!("{}:{}", advertised_host(&self.context.config), self.context.config.port);
         for address in targets {
@@ -1022,20 +1022,5 @@ fn advertised_host(config: &ClusterConfig) -> String {
         config.pod_ip.clone()
     } else {
         host_name()
-    }
-}
-
-/// DNS discovery (`COS_DEPLOYMENT_MODE=docker`): every address `COS_SERVICE_NAME` resolves to, on the cluster
-/// port (a headless service or a compose service name lists every replica).
-async fn dns_targets(service_name: &str, config: &ClusterConfig) -> Vec<String> {
-    if config.deployment_mode != "docker" || service_name.is_empty() {
-        return Vec::new();
-    }
-    match tokio::net::lookup_host((service_name, config.port)).await {
-        Ok(addresses) => addresses.map(|a| a.to_string()).collect(),
-        Err(e) => {
-            debug!(name = %service_name, error = %e, "DNS discovery found nothing");
-            Vec::new()
-        }
     }
 }
