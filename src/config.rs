@@ -196,8 +196,8 @@ pub struct ClusterConfig {
     pub bind_port: u16,
     /// `REGENT_CLUSTER_SEEDS`: `host:port` of nodes to contact besides those the database lists.
     pub seeds: Vec<String>,
-    /// `REGENT_CLUSTER_COOKIE`: the secret every node of the cluster shares (required).
-    pub cookie: String,
+    /// `REGENT_CLUSTER_COOKIE`: the secret every node of the cluster shares (required; never printed).
+    pub cookie: Secret,
     /// `COS_DEPLOYMENT_MODE`: `docker` (DNS discovery of `COS_SERVICE_NAME`) or `kubernetes`.
     pub deployment_mode: String,
     /// `COS_REPLICA_COUNT`: the number of nodes the first node waits for before the cluster forms.
@@ -237,6 +237,27 @@ pub struct ClusterConfig {
     pub leave_timeout_ms: u64,
 }
 
+/// A secret setting: its `Debug` never shows it (logs, panics); read it with [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+    }
+}
+
 /// The admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -259,7 +280,7 @@ impl Default for ClusterConfig {
             bind_address: "0.0.0.0".into(),
             bind_port: 0,
             seeds: Vec::new(),
-            cookie: String::new(),
+            cookie: Secret::default(),
             deployment_mode: "docker".into(),
             replica_count: 1,
             pod_ip: String::new(),
@@ -890,7 +911,7 @@ impl Config {
         check(self.store.backend == Backend::Postgres, "cluster.enabled", || {
             "a cluster needs the postgres store backend (COS_DB_HOST or REGENT_STORE_BACKEND=postgres)".into()
         })?;
-        check(!c.cookie.trim().is_empty() && c.cookie != "changeme", "cluster.cookie", || {
+        check(!c.cookie.expose().trim().is_empty() && c.cookie.expose() != "changeme", "cluster.cookie", || {
             "a cluster needs a secret cookie shared by its nodes; refusing to form one with an empty or default cookie"
                 .into()
         })?;
@@ -968,8 +989,8 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.postgres.password = REDACTED.into();
-        if !shown.cluster.cookie.is_empty() {
-            shown.cluster.cookie = REDACTED.into();
+        if !shown.cluster.cookie.expose().is_empty() {
+            shown.cluster.cookie = Secret(REDACTED.into());
         }
         shown.store.data_dir = PathBuf::from(shown.store.data_dir.to_string_lossy().into_owned());
         toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
@@ -1420,5 +1441,13 @@ mod tests {
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
+    }
+
+    #[test]
+    fn the_cluster_cookie_is_never_printed() {
+        let config = load(None, &[("REGENT_CLUSTER_COOKIE", "s3cret-cookie")]).unwrap();
+        assert_eq!(config.cluster.cookie.expose(), "s3cret-cookie");
+        assert!(!format!("{config:?}").contains("s3cret-cookie"));
+        assert!(!config.to_toml().contains("s3cret-cookie"));
     }
 }

@@ -382,7 +382,7 @@ impl ClusterRuntime {
         let bind: SocketAddr = format!("{}:{bind_port}", cluster.bind_address)
             .parse()
             .map_err(|e| Error::Corrupt(format!("cluster bind address {}:{bind_port}: {e}", cluster.bind_address)))?;
-        let transport = RactorTransport::start(bind, &context.me_key, &host, &cluster.cookie, events_tx)
+        let transport = RactorTransport::start(bind, &context.me_key, &host, cluster.cookie.expose(), events_tx)
             .await
             .map_err(|e| Error::Corrupt(format!("cannot start the node-to-node listener on {bind}: {e}")))?;
         let (peer, _) = Actor::spawn(Some(peer_actor_name(&context.me_key)), PeerActor, context.clone())
