@@ -717,11 +717,21 @@ impl Daemon {
             .filter(|m| !linked.contains(&m.id.to_string()))
             .map(|m| m.address.clone())
             .collect();
-        let discover = self.last_discovery.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-        if discover && linked.is_empty() {
+        // Seeds and discovered addresses help while some live member has no link yet (or none is known): its
+        // recorded address may not be reachable from here while another route to it is.
+        let unlinked = targets.len();
+        let discover = self.last_discovery.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if discover && (linked.is_empty() || unlinked > 0) {
             self.last_discovery = Some(Instant::now());
-            targets.extend(self.context.config.seeds.iter().cloned());
-            targets.extend(super::discovery::discover(&self.context.service_name, &self.context.config).await);
+            let linked_addresses: HashSet<&str> = snapshot
+                .members
+                .iter()
+                .filter(|m| linked.contains(&m.id.to_string()))
+                .map(|m| m.address.as_str())
+                .collect();
+            let mut found = self.context.config.seeds.clone();
+            found.extend(super::discovery::discover(&self.context.service_name, &self.context.config).await);
+            targets.extend(found.into_iter().filter(|a| !linked_addresses.contains(a.as_str())));
         }
         let me_address = format!("{}:{}", advertised_host(&self.context.config), self.context.config.port);
         for address in targets {

@@ -56,9 +56,25 @@ pub fn node_ip(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + u8::try_from(k).expect("a small node number")))
 }
 
-/// A port free on `ip` right now.
+/// A port free on `ip` right now, below the kernel's ephemeral range (32768+): a port picked there could be taken
+/// by some outgoing connection before the node binds it. Each call hands out a new port (a counter from a
+/// per-process start), so that two nodes never get the same one.
 pub fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).expect("bind a free port").local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 1000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..2000 {
+        let mut port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            port = 20_000;
+        }
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
 }
 
 /// A port free on every one of `ips` right now.
