@@ -147,7 +147,11 @@ impl EngineHandle {
     /// Processes a command; the reply comes once its events are durable.
     pub async fn process_command(&self, entity_id: String, command: CommandEnvelope) -> Result<StateWrapper, Status> {
         let command = Box::new(command);
-        self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).await
+        let started = std::time::Instant::now();
+        let outcome = self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).await;
+        let code = outcome.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+        crate::metrics::get().command(crate::metrics::code_label(code), started.elapsed());
+        outcome
     }
 
     /// The current state of an entity (`NOT_FOUND` while it has no event).

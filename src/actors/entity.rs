@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -109,7 +109,13 @@ impl Actor for EntityActor {
     type Arguments = EntityArgs;
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, args: EntityArgs) -> Result<EntityState, ActorProcessingErr> {
+        crate::metrics::get().entities_active.inc();
         Ok(EntityState { entity_id: args.entity_id, shard: args.shard, settings: args.settings, current: None })
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, _: &mut EntityState) -> Result<(), ActorProcessingErr> {
+        crate::metrics::get().entities_active.dec();
+        Ok(())
     }
 
     async fn handle(
@@ -151,6 +157,7 @@ impl Actor for EntityActor {
             }
             EntityMessage::Passivate => {
                 debug!(entity_id = %state.entity_id, "passivating entity");
+                crate::metrics::get().entities_passivated.inc();
                 myself.stop(Some("passivated".into()));
             }
         }
@@ -174,6 +181,7 @@ impl EntityState {
         let write_side = &settings.write_side;
         let prior_meta = prior.meta.clone().unwrap_or_default();
 
+        let started = Instant::now();
         let reply = settings
             .handler
             .handle_command(
@@ -184,8 +192,9 @@ impl EntityState {
                 },
                 command.propagated_headers,
             )
-            .await
-            .map_err(CommandError::Handler)?;
+            .await;
+        record_call("HandleCommand", &reply, started);
+        let reply = reply.map_err(CommandError::Handler)?;
 
         #[allow(deprecated)]
         let events: Vec<Any> = if reply.events.is_empty() { reply.event.into_iter().collect() } else { reply.events };
@@ -225,14 +234,17 @@ impl EntityState {
                 data: data.clone(),
                 headers: command.persisted_headers.clone(),
             };
-            let resulting = settings
+            let started = Instant::now();
+            let reply = settings
                 .handler
                 .handle_event(HandleEventRequest {
                     event: Some(event.clone()),
                     prior_state: state,
                     event_meta: Some(meta.clone()),
                 })
-                .await
+                .await;
+            record_call("HandleEvent", &reply, started);
+            let resulting = reply
                 .map_err(CommandError::Handler)?
                 .resulting_state
                 .ok_or_else(|| CommandError::InvalidArgument("event handler replied with empty state".into()))?;
@@ -296,11 +308,18 @@ impl EntityState {
             Ok::<_, crate::persistence::Error>(())
         }
         .await;
+        crate::metrics::get().snapshot(outcome.is_ok());
         match outcome {
             Ok(()) => debug!(entity_id = %self.entity_id, revision, "snapshot saved"),
             Err(e) => warn!(entity_id = %self.entity_id, revision, error = %e, "snapshot failed"),
         }
     }
+}
+
+/// Records a write handler call's outcome and latency.
+fn record_call<T>(method: &'static str, reply: &Result<T, tonic::Status>, started: Instant) {
+    let code = reply.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+    crate::metrics::get().handler_call(method, crate::metrics::code_label(code), started.elapsed());
 }
 
 /// Rebuilds an entity's state: latest snapshot, then the later events.

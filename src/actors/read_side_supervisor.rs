@@ -243,6 +243,7 @@ impl Actor for ReadSideSupervisor {
                                     },
                                     delivered: 0,
                                     failures: 0,
+                                    pending_since: None,
                                 },
                                 Err(e) => {
                                     let _ = reply.send(Err(e.into()));

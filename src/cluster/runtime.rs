@@ -190,6 +190,7 @@ impl ClusterContext {
                 None => Err(CommandError::Handler(Status::internal("empty reply from the owner node"))),
             },
             Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Refused(refused)) }) if refused.wrong_home => {
+                crate::metrics::get().forwarded("rerouted");
                 return Some(message);
             }
             Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Refused(refused)) }) => {
@@ -198,12 +199,16 @@ impl ClusterContext {
             Ok(_) | Err(RequestError::Garbled) => {
                 Err(CommandError::Handler(Status::internal(format!("unexpected reply from node {home}"))))
             }
-            Err(RequestError::NoLink) => return Some(message),
+            Err(RequestError::NoLink) => {
+                crate::metrics::get().forwarded("rerouted");
+                return Some(message);
+            }
             // The caller's ask timed out at the same time; the command may still be applied there.
             Err(RequestError::Timeout) => {
                 Err(CommandError::Handler(Status::unavailable(format!("node {home} did not answer in time"))))
             }
         };
+        crate::metrics::get().forwarded(if reply.is_ok() { "ok" } else { "error" });
         message.reply(reply);
         None
     }
