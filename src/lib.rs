@@ -10,8 +10,8 @@
 //! - [`write_side`]: the write-handler contract (`WriteSide`), gRPC or in process.
 //! - [`config`]: the one configuration loader (defaults → TOML → environment, with CoS names → flags).
 //! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
-//! - [`admin`]: the admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`, `/readsides`, `/metrics`) and
-//!   its client.
+//! - [`admin`]: the admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`, `/readsides`, `/metrics`, the
+//!   admin page at `/`) and its client.
 //! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
 //! - [`persistence`]: journal and snapshot store traits, with PostgreSQL and embedded SQLite backends.
 //! - [`cluster`]: the PostgreSQL-refereed membership, leases, lease keeper and split-brain rules (not wired into

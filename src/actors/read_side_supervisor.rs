@@ -216,7 +216,9 @@ impl Actor for ReadSideSupervisor {
                 };
                 let mut targets = Vec::new();
                 for id in ids {
-                    for shard in 0..state.num_shards {
+                    // In a cluster, only the shards hosted here: the others are reported by their nodes.
+                    let hosted = |shard: &u32| state.hosted.as_ref().is_none_or(|hosted| hosted.contains(shard));
+                    for shard in (0..state.num_shards).filter(hosted) {
                         targets.push((id.clone(), shard, state.processors.get(&(id.clone(), shard)).cloned()));
                     }
                 }

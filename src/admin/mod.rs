@@ -11,11 +11,13 @@
 //! - `GET /readsides`: the read-side processors running on this node, with offset, status and lag
 //!   ([`ReadSideView`](crate::metrics::ReadSideView)); `[]` when read sides are off.
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text, see [`crate::metrics`]).
+//! - `GET /`: the admin page ([`page`]): members, shard map, read sides and actor tree, refreshed live.
 //!
 //! [`server`] serves them, [`client`] is the HTTP GET `regent admin` uses.
 
 pub mod actors;
 pub mod client;
+pub mod page;
 pub mod server;
 
 use std::sync::{Arc, Mutex};

@@ -83,6 +83,9 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/actors", get(actor_tree))
         .route("/readsides", get(read_sides))
         .route("/metrics", get(metrics))
+        .route("/", get(super::page::index))
+        .route("/admin.css", get(super::page::stylesheet))
+        .route("/admin.js", get(super::page::script))
         .fallback(not_found)
         .with_state(ctx)
 }
@@ -139,7 +142,7 @@ async fn metrics(State(ctx): State<AdminContext>) -> impl IntoResponse {
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({ "error": "no such endpoint: try /health, /ready, /cluster, /actors, /readsides or /metrics" })),
+        Json(json!({ "error": "no such endpoint: try /, /health, /ready, /cluster, /actors, /readsides or /metrics" })),
     )
 }
 

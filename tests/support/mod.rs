@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod handler;
+pub mod nodes;
 pub mod pg;
 pub mod read_handler;
 
