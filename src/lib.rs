@@ -21,7 +21,7 @@
 //! - [`proto`]: the generated protobuf messages and gRPC services.
 //! - [`subscriptions`]: publication of persisted events to `Subscribe` / `SubscribeAll` streams.
 //! - [`metrics`]: the Prometheus metric families (`/metrics` on the admin endpoint) and the gRPC metrics layer.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging, the OTLP trace exporter and W3C trace-context propagation.
 pub mod actors;
 pub mod admin;
 pub mod cli;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use prost_types::Any;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::{CommandEnvelope, CommandError, EntityReply};
 use crate::config::{SnapshotConfig, WriteSideConfig};
@@ -27,6 +27,7 @@ use crate::proto::chief_of_state::v1::{
     EventWrapper, HandleCommandRequest, HandleEventRequest, Header, MetaData, StateWrapper, header,
 };
 use crate::subscriptions::{Published, SubscriptionHub};
+use crate::telemetry;
 use crate::write_side::WriteSide;
 
 /// The key of `MetaData.data` under which the original CoS line stores the persisted headers.
@@ -37,6 +38,8 @@ const EMPTY_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Empty";
 /// Everything an entity needs, shared by all entities of a node.
 #[derive(Clone)]
 pub struct EntitySettings {
+    /// The node's name, carried by the entity's spans.
+    pub node: Arc<str>,
     pub store: Arc<dyn Store>,
     pub handler: Arc<dyn WriteSide>,
     pub write_side: Arc<WriteSideConfig>,
@@ -126,7 +129,10 @@ impl Actor for EntityActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             EntityMessage::Command { command, reply } => {
-                let outcome = state.process(command).await;
+                let span = info_span!("command", entity_id = %state.entity_id, shard = state.shard,
+                    node = %state.settings.node);
+                telemetry::continue_from(&span, &command.trace_context);
+                let outcome = state.process(command).instrument(span).await;
                 let snapshot_due = matches!(&outcome, Ok((_, true)));
                 // Another writer stored this revision, or this node may no longer write: this incarnation of the
                 // entity is not the single writer and must stop (the shard restarts it from the journal if a
@@ -192,6 +198,7 @@ impl EntityState {
                 },
                 command.propagated_headers,
             )
+            .instrument(info_span!("write_handler", method = "HandleCommand"))
             .await;
         record_call("HandleCommand", &reply, started);
         let reply = reply.map_err(CommandError::Handler)?;
@@ -242,6 +249,7 @@ impl EntityState {
                     prior_state: state,
                     event_meta: Some(meta.clone()),
                 })
+                .instrument(info_span!("write_handler", method = "HandleEvent"))
                 .await;
             record_call("HandleEvent", &reply, started);
             let resulting = reply
@@ -263,7 +271,8 @@ impl EntityState {
             }
         }
 
-        if let Err(e) = settings.store.append(&self.entity_id, self.shard, &rows).await {
+        let append = settings.store.append(&self.entity_id, self.shard, &rows);
+        if let Err(e) = append.instrument(info_span!("journal_append", events = rows.len())).await {
             // The write may or may not have committed: recover from the journal on the next message.
             warn!(entity_id = %self.entity_id, error = %e, "journal write failed; the entity will recover");
             self.current = None;

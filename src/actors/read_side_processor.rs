@@ -21,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::read_sides::{FailurePolicy, ReadSideSettings};
 use crate::persistence::{self, Cursor, JournalRow, Store};
@@ -130,7 +130,7 @@ pub struct ProcessorState {
     waiting: bool,
     delivered: u64,
     failures: u64,
-    /// When the row being delivered was written (`None` once caught up).
+    /// When the row being delivered (or retried) was written; `None` between rows and once caught up.
     pending_since: Option<SystemTime>,
 }
 
@@ -275,6 +275,7 @@ impl ProcessorState {
                 }
                 self.cursor = row.cursor;
                 self.buffer.pop_front();
+                self.pending_since = None;
                 self.attempts = 0;
                 self.delivered += 1;
                 crate::metrics::get().read_side_delivered(&self.settings.id, self.shard);
@@ -364,8 +365,11 @@ impl ProcessorState {
             request.metadata_mut().insert("x-cos-entity-id", value);
         }
         request.metadata_mut().insert("x-cos-event-tag", MetadataValue::from(self.shard));
+        let span = tracing::info_span!("read_side", read_side = %self.settings.id, shard = self.shard,
+            entity_id = %row.entity_id, ordering = row.cursor.ordering);
+        span.in_scope(|| crate::telemetry::inject_metadata(request.metadata_mut()));
         let call = self.client.handle_read_side(request);
-        match tokio::time::timeout(timeout, call).await {
+        match tokio::time::timeout(timeout, call).instrument(span).await {
             Ok(Ok(reply)) if reply.get_ref().successful => {
                 debug!(read_side = %self.settings.id, shard = self.shard, ordering = row.cursor.ordering, "delivered");
                 Ok(())
