@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg.sh
 
+# Headless Chromium for the admin page test (tests/admin_page.rs): Debian's package, installed when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test.sh: installing chromium from Debian's packages" >&2
+  sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+  "${sudo_[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+fi
+
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 

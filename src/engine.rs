@@ -35,6 +35,8 @@ pub struct Engine {
 pub struct EngineHandle {
     region: ActorRef<RegionMessage>,
     ask_timeout: Duration,
+    /// How the node names itself in spans.
+    node: Arc<str>,
 }
 
 impl Engine {
@@ -72,7 +74,12 @@ impl Engine {
             (None, None)
         };
 
+        let node: Arc<str> = match cluster {
+            Some(cluster) => cluster.member().node.as_str().into(),
+            None => config.cluster.node_name.as_str().into(),
+        };
         let settings = EntitySettings {
+            node: node.clone(),
             store: store.clone(),
             handler,
             write_side: Arc::new(config.write_side.clone()),
@@ -98,8 +105,11 @@ impl Engine {
         if let Some(cluster) = cluster {
             cluster.set_region(region.clone());
         }
-        let handle =
-            EngineHandle { region, ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs) };
+        let handle = EngineHandle {
+            region,
+            ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs),
+            node: node.clone(),
+        };
         Ok(Engine { handle, read_sides: read_side_supervisor, manager, subscriptions })
     }
 
@@ -145,10 +155,19 @@ impl Engine {
 }
 
 impl EngineHandle {
+    /// The node's name (`REGENT_NODE_NAME`), as its spans carry it.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Processes a command; the reply comes once its events are durable.
     pub async fn process_command(&self, entity_id: String, command: CommandEnvelope) -> Result<StateWrapper, Status> {
         let command = Box::new(command);
-        self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).await
+        let started = std::time::Instant::now();
+        let outcome = self.ask(entity_id, |reply| EntityMessage::Command { command, reply }).await;
+        let code = outcome.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+        crate::metrics::get().command(crate::metrics::code_label(code), started.elapsed());
+        outcome
     }
 
     /// The current state of an entity (`NOT_FOUND` while it has no event).

@@ -10,7 +10,8 @@
 //! - [`write_side`]: the write-handler contract (`WriteSide`), gRPC or in process.
 //! - [`config`]: the one configuration loader (defaults → TOML → environment, with CoS names → flags).
 //! - [`actors`]: the actor tree, `ShardRegion` → `ShardActor` → `EntityActor` (ractor).
-//! - [`admin`]: the admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`) and its client.
+//! - [`admin`]: the admin HTTP endpoint (`/health`, `/ready`, `/cluster`, `/actors`, `/readsides`, `/metrics`, the
+//!   admin page at `/`) and its client.
 //! - [`grpc`]: the client-facing `ChiefOfStateService`, the write-handler client, the error → status table.
 //! - [`persistence`]: journal and snapshot store traits, with PostgreSQL and embedded SQLite backends.
 //! - [`cluster`]: the PostgreSQL-refereed membership, leases, lease keeper and split-brain rules (not wired into
@@ -19,7 +20,8 @@
 //! - [`cli`]: the `regent` command line (clap definitions).
 //! - [`proto`]: the generated protobuf messages and gRPC services.
 //! - [`subscriptions`]: publication of persisted events to `Subscribe` / `SubscribeAll` streams.
-//! - [`telemetry`]: logging set-up.
+//! - [`metrics`]: the Prometheus metric families (`/metrics` on the admin endpoint) and the gRPC metrics layer.
+//! - [`telemetry`]: logging, the OTLP trace exporter and W3C trace-context propagation.
 pub mod actors;
 pub mod admin;
 pub mod cli;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod example;
 pub mod grpc;
+pub mod metrics;
 pub mod node;
 pub mod persistence;
 pub mod proto;

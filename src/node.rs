@@ -101,6 +101,7 @@ impl Node {
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(crate::metrics::GrpcMetricsLayer)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(cos)
@@ -229,7 +230,13 @@ async fn start_admin(
             (node, Arc::new(single))
         }
     };
-    let ctx = AdminContext { node, readiness: watch, cluster: source, actors: ActorRoots::new(roots) };
+    let ctx = AdminContext {
+        node,
+        readiness: watch,
+        cluster: source,
+        actors: ActorRoots::new(roots),
+        read_sides: engine.read_side_manager(),
+    };
     let addr = format!("{}:{}", config.admin.address, config.admin.port);
     let admin = AdminServer::start(&addr, ctx).await.map_err(|source| Error::Bind { addr, source })?;
     Ok((readiness, Some(admin)))

@@ -74,6 +74,7 @@ impl SubscriptionHub {
         let (tx, rx) = mpsc::channel(16);
         let active = self.active.clone();
         let sub_id = id.clone();
+        crate::metrics::get().subscriptions_active.inc();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -101,6 +102,7 @@ impl SubscriptionHub {
             if let Some(active) = active.lock().expect("subscription registry poisoned").as_mut() {
                 active.remove(&sub_id);
             }
+            crate::metrics::get().subscriptions_active.dec();
         });
         Ok((id, ReceiverStream::new(rx)))
     }

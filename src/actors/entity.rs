@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use prost::Message as _;
 use prost_types::Any;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::{CommandEnvelope, CommandError, EntityReply};
 use crate::config::{SnapshotConfig, WriteSideConfig};
@@ -27,6 +27,7 @@ use crate::proto::chief_of_state::v1::{
     EventWrapper, HandleCommandRequest, HandleEventRequest, Header, MetaData, StateWrapper, header,
 };
 use crate::subscriptions::{Published, SubscriptionHub};
+use crate::telemetry;
 use crate::write_side::WriteSide;
 
 /// The key of `MetaData.data` under which the original CoS line stores the persisted headers.
@@ -37,6 +38,8 @@ const EMPTY_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Empty";
 /// Everything an entity needs, shared by all entities of a node.
 #[derive(Clone)]
 pub struct EntitySettings {
+    /// The node's name, carried by the entity's spans.
+    pub node: Arc<str>,
     pub store: Arc<dyn Store>,
     pub handler: Arc<dyn WriteSide>,
     pub write_side: Arc<WriteSideConfig>,
@@ -111,7 +114,13 @@ impl Actor for EntityActor {
     type Arguments = EntityArgs;
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, args: EntityArgs) -> Result<EntityState, ActorProcessingErr> {
+        crate::metrics::get().entities_active.inc();
         Ok(EntityState { entity_id: args.entity_id, shard: args.shard, settings: args.settings, current: None })
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, _: &mut EntityState) -> Result<(), ActorProcessingErr> {
+        crate::metrics::get().entities_active.dec();
+        Ok(())
     }
 
     async fn handle(
@@ -132,7 +141,10 @@ impl Actor for EntityActor {
         }
         match message {
             EntityMessage::Command { command, reply } => {
-                let outcome = state.process(command).await;
+                let span = info_span!("command", entity_id = %state.entity_id, shard = state.shard,
+                    node = %state.settings.node);
+                telemetry::continue_from(&span, &command.trace_context);
+                let outcome = state.process(command).instrument(span).await;
                 let snapshot_due = matches!(&outcome, Ok((_, true)));
                 // Another writer stored this revision, or this node may no longer write: this incarnation of the
                 // entity is not the single writer and must stop (the shard restarts it from the journal if a
@@ -163,6 +175,7 @@ impl Actor for EntityActor {
             }
             EntityMessage::Passivate => {
                 debug!(entity_id = %state.entity_id, "passivating entity");
+                crate::metrics::get().entities_passivated.inc();
                 myself.stop(Some("passivated".into()));
             }
         }
@@ -186,6 +199,7 @@ impl EntityState {
         let write_side = &settings.write_side;
         let prior_meta = prior.meta.clone().unwrap_or_default();
 
+        let started = Instant::now();
         let reply = settings
             .handler
             .handle_command(
@@ -196,8 +210,10 @@ impl EntityState {
                 },
                 command.propagated_headers,
             )
-            .await
-            .map_err(CommandError::Handler)?;
+            .instrument(info_span!("write_handler", method = "HandleCommand"))
+            .await;
+        record_call("HandleCommand", &reply, started);
+        let reply = reply.map_err(CommandError::Handler)?;
 
         #[allow(deprecated)]
         let events: Vec<Any> = if reply.events.is_empty() { reply.event.into_iter().collect() } else { reply.events };
@@ -237,14 +253,18 @@ impl EntityState {
                 data: data.clone(),
                 headers: command.persisted_headers.clone(),
             };
-            let resulting = settings
+            let started = Instant::now();
+            let reply = settings
                 .handler
                 .handle_event(HandleEventRequest {
                     event: Some(event.clone()),
                     prior_state: state,
                     event_meta: Some(meta.clone()),
                 })
-                .await
+                .instrument(info_span!("write_handler", method = "HandleEvent"))
+                .await;
+            record_call("HandleEvent", &reply, started);
+            let resulting = reply
                 .map_err(CommandError::Handler)?
                 .resulting_state
                 .ok_or_else(|| CommandError::InvalidArgument("event handler replied with empty state".into()))?;
@@ -263,7 +283,8 @@ impl EntityState {
             }
         }
 
-        if let Err(e) = settings.store.append(&self.entity_id, self.shard, &rows).await {
+        let append = settings.store.append(&self.entity_id, self.shard, &rows);
+        if let Err(e) = append.instrument(info_span!("journal_append", events = rows.len())).await {
             // The write may or may not have committed: recover from the journal on the next message.
             warn!(entity_id = %self.entity_id, error = %e, "journal write failed; the entity will recover");
             self.current = None;
@@ -308,11 +329,18 @@ impl EntityState {
             Ok::<_, crate::persistence::Error>(())
         }
         .await;
+        crate::metrics::get().snapshot(outcome.is_ok());
         match outcome {
             Ok(()) => debug!(entity_id = %self.entity_id, revision, "snapshot saved"),
             Err(e) => warn!(entity_id = %self.entity_id, revision, error = %e, "snapshot failed"),
         }
     }
+}
+
+/// Records a write handler call's outcome and latency.
+fn record_call<T>(method: &'static str, reply: &Result<T, tonic::Status>, started: Instant) {
+    let code = reply.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+    crate::metrics::get().handler_call(method, crate::metrics::code_label(code), started.elapsed());
 }
 
 /// Rebuilds an entity's state: latest snapshot, then the later events.

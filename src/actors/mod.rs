@@ -38,6 +38,8 @@ pub struct CommandEnvelope {
     pub propagated_headers: tonic::metadata::MetadataMap,
     /// Incoming metadata stored on each new event (`COS_WRITE_PERSISTED_HEADERS`).
     pub persisted_headers: Vec<Header>,
+    /// The trace context of the request (W3C), so that the entity's spans join the caller's trace.
+    pub trace_context: crate::telemetry::TraceContext,
 }
 
 /// Why an entity could not process a request: the caller's business, sent back in the reply.

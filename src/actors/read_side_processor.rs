@@ -14,14 +14,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::read_sides::{FailurePolicy, ReadSideSettings};
 use crate::persistence::{self, Cursor, JournalRow, Store};
@@ -75,6 +75,17 @@ pub struct ProcessorReport {
     pub status: ProcessorStatus,
     pub delivered: u64,
     pub failures: u64,
+    /// When the oldest event read but not handled yet was written (`None` when caught up).
+    pub pending_since: Option<SystemTime>,
+}
+
+impl ProcessorReport {
+    /// How far behind the journal the processor is, in seconds (0 when caught up).
+    pub fn lag_seconds(&self) -> f64 {
+        self.pending_since
+            .and_then(|since| SystemTime::now().duration_since(since).ok())
+            .map_or(0.0, |lag| lag.as_secs_f64())
+    }
 }
 
 #[derive(ractor_cluster::RactorMessage)]
@@ -119,6 +130,8 @@ pub struct ProcessorState {
     waiting: bool,
     delivered: u64,
     failures: u64,
+    /// When the row being delivered (or retried) was written; `None` between rows and once caught up.
+    pending_since: Option<SystemTime>,
 }
 
 impl Actor for ReadSideProcessor {
@@ -132,6 +145,7 @@ impl Actor for ReadSideProcessor {
         args: ProcessorArgs,
     ) -> Result<ProcessorState, ActorProcessingErr> {
         let offset = args.store.load_offset(&args.settings.id, args.shard).await?;
+        crate::metrics::get().read_side_started(&args.settings.id, args.shard);
         let _ = myself.send_message(ProcessorMessage::Poll);
         Ok(ProcessorState {
             settings: args.settings,
@@ -148,6 +162,7 @@ impl Actor for ReadSideProcessor {
             waiting: false,
             delivered: 0,
             failures: 0,
+            pending_since: None,
         })
     }
 
@@ -207,6 +222,7 @@ impl Actor for ReadSideProcessor {
                     status: state.status.clone(),
                     delivered: state.delivered,
                     failures: state.failures,
+                    pending_since: state.pending_since,
                 });
             }
         }
@@ -245,6 +261,7 @@ impl ProcessorState {
             }
         }
         let Some(row) = self.buffer.front().cloned() else {
+            self.pending_since = None;
             self.wait_for_events(myself);
             return;
         };
@@ -258,8 +275,10 @@ impl ProcessorState {
                 }
                 self.cursor = row.cursor;
                 self.buffer.pop_front();
+                self.pending_since = None;
                 self.attempts = 0;
                 self.delivered += 1;
+                crate::metrics::get().read_side_delivered(&self.settings.id, self.shard);
                 self.status = ProcessorStatus::Running;
                 let _ = myself.send_message(ProcessorMessage::Poll);
             }
@@ -270,6 +289,7 @@ impl ProcessorState {
     async fn on_failure(&mut self, myself: &ActorRef<ProcessorMessage>, row: &JournalRow, error: String) {
         self.failures += 1;
         let (id, shard) = (&self.settings.id, self.shard);
+        crate::metrics::get().read_side_failed(id, shard);
         let policy = self.settings.failure_policy;
         let replay = matches!(policy, FailurePolicy::ReplaySkip | FailurePolicy::ReplayStop);
         if replay && self.attempts < MAX_REPLAYS {
@@ -326,6 +346,13 @@ impl ProcessorState {
     async fn deliver(&mut self, row: &JournalRow) -> Result<(), String> {
         let event =
             EventWrapper::decode(row.payload.clone()).map_err(|e| format!("stored event does not decode: {e}"))?;
+        self.pending_since = event
+            .meta
+            .as_ref()
+            .and_then(|m| m.revision_date)
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .or(self.pending_since)
+            .or_else(|| Some(SystemTime::now()));
         let mut request = tonic::Request::new(HandleReadSideRequest {
             event: event.event,
             state: event.resulting_state,
@@ -338,8 +365,11 @@ impl ProcessorState {
             request.metadata_mut().insert("x-cos-entity-id", value);
         }
         request.metadata_mut().insert("x-cos-event-tag", MetadataValue::from(self.shard));
+        let span = tracing::info_span!("read_side", read_side = %self.settings.id, shard = self.shard,
+            entity_id = %row.entity_id, ordering = row.cursor.ordering);
+        span.in_scope(|| crate::telemetry::inject_metadata(request.metadata_mut()));
         let call = self.client.handle_read_side(request);
-        match tokio::time::timeout(timeout, call).await {
+        match tokio::time::timeout(timeout, call).instrument(span).await {
             Ok(Ok(reply)) if reply.get_ref().successful => {
                 debug!(read_side = %self.settings.id, shard = self.shard, ordering = row.cursor.ordering, "delivered");
                 Ok(())

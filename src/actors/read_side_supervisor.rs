@@ -218,7 +218,9 @@ impl Actor for ReadSideSupervisor {
                 };
                 let mut targets = Vec::new();
                 for id in ids {
-                    for shard in 0..state.num_shards {
+                    // In a cluster, only the shards hosted here: the others are reported by their nodes.
+                    let hosted = |shard: &u32| state.hosted.as_ref().is_none_or(|hosted| hosted.contains(shard));
+                    for shard in (0..state.num_shards).filter(hosted) {
                         targets.push((id.clone(), shard, state.processors.get(&(id.clone(), shard)).cloned()));
                     }
                 }
@@ -245,6 +247,7 @@ impl Actor for ReadSideSupervisor {
                                     },
                                     delivered: 0,
                                     failures: 0,
+                                    pending_since: None,
                                 },
                                 Err(e) => {
                                     let _ = reply.send(Err(e.into()));

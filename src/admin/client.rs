@@ -32,10 +32,11 @@ pub enum Error {
     Answer { url: String, status: StatusCode, detail: String },
 }
 
-/// An answer: its status and body.
+/// An answer: its status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -76,8 +77,9 @@ async fn request(addr: &str, path: &str) -> Result<Response, Error> {
         .map_err(|_| Error::Address(format!("{addr}{path}")))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await.map_err(http)?.to_bytes();
-    Ok(Response { status, body })
+    Ok(Response { status, headers, body })
 }
 
 /// `host:port` from `host:port`, `http://host:port` or `http://host:port/`.

@@ -8,11 +8,16 @@
 //!   ([`SingleNode`] when the node runs alone).
 //! - `GET /actors[?max_entities=N]`: the node's live actor tree, walked from its [`ActorRoots`] (see
 //!   [`actors`]).
+//! - `GET /readsides`: the read-side processors running on this node, with offset, status and lag
+//!   ([`ReadSideView`](crate::metrics::ReadSideView)); `[]` when read sides are off.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text, see [`crate::metrics`]).
+//! - `GET /`: the admin page ([`page`]): members, shard map, read sides and actor tree, refreshed live.
 //!
 //! [`server`] serves them, [`client`] is the HTTP GET `regent admin` uses.
 
 pub mod actors;
 pub mod client;
+pub mod page;
 pub mod server;
 
 use std::sync::{Arc, Mutex};
@@ -36,6 +41,8 @@ pub struct AdminContext {
     pub cluster: Arc<dyn ClusterStatusSource>,
     /// `/actors`: where the walk starts.
     pub actors: ActorRoots,
+    /// `/readsides` and the read-side metrics, when read sides are enabled.
+    pub read_sides: Option<crate::grpc::manager::ReadSideManager>,
 }
 
 /// Whether the node takes traffic, and if not why (`/ready`).

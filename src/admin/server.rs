@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::AdminContext;
 use super::actors::{self, DEFAULT_MAX_ENTITIES};
+use crate::metrics::ReadSideView;
 
 /// How long [`AdminServer::shutdown`] waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,6 +81,11 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/ready", get(ready))
         .route("/cluster", get(cluster))
         .route("/actors", get(actor_tree))
+        .route("/readsides", get(read_sides))
+        .route("/metrics", get(metrics))
+        .route("/", get(super::page::index))
+        .route("/admin.css", get(super::page::stylesheet))
+        .route("/admin.js", get(super::page::script))
         .fallback(not_found)
         .with_state(ctx)
 }
@@ -108,8 +114,36 @@ async fn actor_tree(State(ctx): State<AdminContext>, Query(query): Query<ActorsQ
     Json(actors::walk(&ctx.node, ctx.actors.cells(), max_entities).await)
 }
 
+async fn read_sides(State(ctx): State<AdminContext>) -> axum::response::Response {
+    match read_side_views(&ctx).await {
+        Ok(views) => Json(views).into_response(),
+        Err(status) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": status.message() }))).into_response(),
+    }
+}
+
+async fn read_side_views(ctx: &AdminContext) -> Result<Vec<ReadSideView>, tonic::Status> {
+    match &ctx.read_sides {
+        Some(manager) => manager.views(None).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Refreshes the gauges read at scrape time (cluster view, read sides), then encodes every family.
+async fn metrics(State(ctx): State<AdminContext>) -> impl IntoResponse {
+    let metrics = crate::metrics::get();
+    metrics.observe_cluster(&ctx.cluster.status().await);
+    match read_side_views(&ctx).await {
+        Ok(views) => metrics.observe_read_sides(&views),
+        Err(status) => warn!(error = %status.message(), "metrics: cannot read the read-side processors"),
+    }
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], metrics.encode())
+}
+
 async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "no such endpoint: try /health, /ready, /cluster or /actors" })))
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "no such endpoint: try /, /health, /ready, /cluster, /actors, /readsides or /metrics" })),
+    )
 }
 
 #[cfg(test)]
@@ -132,6 +166,7 @@ mod tests {
             readiness: watch,
             cluster: Arc::new(single),
             actors: ActorRoots::default(),
+            read_sides: None,
         };
         let server = AdminServer::start("127.0.0.1:0", ctx).await.unwrap();
         let addr = server.local_addr().to_string();

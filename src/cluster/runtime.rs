@@ -16,7 +16,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::allocation::AllocationStore;
 use super::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMessage};
@@ -166,6 +166,7 @@ impl ClusterContext {
         entity_id: &str,
         message: EntityMessage,
     ) -> Option<EntityMessage> {
+        let span = tracing::info_span!("forward", entity_id = %entity_id, shard, to = %home, node = %self.me().node);
         let request = match &message {
             EntityMessage::Command { command, .. } => pb::EntityRequest {
                 entity_id: entity_id.to_string(),
@@ -174,13 +175,17 @@ impl ClusterContext {
                 propagated_headers: metadata_to_wire(&command.propagated_headers),
                 persisted_headers: command.persisted_headers.clone(),
                 get_state: false,
+                trace_context: {
+                    crate::telemetry::continue_from(&span, &command.trace_context);
+                    crate::telemetry::inject(&span)
+                },
             },
             EntityMessage::GetState { .. } => {
                 pb::EntityRequest { entity_id: entity_id.to_string(), shard, get_state: true, ..Default::default() }
             }
             EntityMessage::Passivate => return None,
         };
-        let outcome = self.request(home, peer_request::Kind::Entity(request), self.ask_timeout).await;
+        let outcome = self.request(home, peer_request::Kind::Entity(request), self.ask_timeout).instrument(span).await;
         let reply = match outcome {
             Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Entity(reply)) }) => match reply.outcome {
                 Some(pb::entity_reply::Outcome::State(state)) => Ok(state),
@@ -190,6 +195,7 @@ impl ClusterContext {
                 None => Err(CommandError::Handler(Status::internal("empty reply from the owner node"))),
             },
             Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Refused(refused)) }) if refused.wrong_home => {
+                crate::metrics::get().forwarded("rerouted");
                 return Some(message);
             }
             Ok(pb::PeerReply { kind: Some(peer_reply::Kind::Refused(refused)) }) => {
@@ -198,12 +204,16 @@ impl ClusterContext {
             Ok(_) | Err(RequestError::Garbled) => {
                 Err(CommandError::Handler(Status::internal(format!("unexpected reply from node {home}"))))
             }
-            Err(RequestError::NoLink) => return Some(message),
+            Err(RequestError::NoLink) => {
+                crate::metrics::get().forwarded("rerouted");
+                return Some(message);
+            }
             // The caller's ask timed out at the same time; the command may still be applied there.
             Err(RequestError::Timeout) => {
                 Err(CommandError::Handler(Status::unavailable(format!("node {home} did not answer in time"))))
             }
         };
+        crate::metrics::get().forwarded(if reply.is_ok() { "ok" } else { "error" });
         message.reply(reply);
         None
     }
@@ -285,6 +295,7 @@ impl ClusterContext {
                     command,
                     propagated_headers: metadata_from_wire(request.propagated_headers),
                     persisted_headers: request.persisted_headers,
+                    trace_context: request.trace_context,
                 }),
                 reply,
             }

@@ -9,7 +9,9 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tonic::{Request, Response, Status};
 
+use crate::actors::read_side_processor::ProcessorStatus;
 use crate::actors::read_side_supervisor::{ReadSideError, ReadSideOp, SupervisorMessage};
+use crate::metrics::ReadSideView;
 use crate::persistence::Store;
 use crate::proto::chief_of_state::v1::read_side_manager_service_server::ReadSideManagerService;
 use crate::proto::chief_of_state::v1::*;
@@ -79,6 +81,38 @@ impl ReadSideManager {
             Ok(CallResult::Timeout) => Err(Status::deadline_exceeded("the read side did not answer in time")),
             _ => Err(Status::unavailable("read sides are shutting down")),
         }
+    }
+
+    /// What each processor of `read_side_id` (every read side when `None`) running on this node is doing.
+    pub async fn views(&self, read_side_id: Option<String>) -> Result<Vec<ReadSideView>, Status> {
+        let call =
+            self.supervisor.call(|reply| SupervisorMessage::Report { read_side_id, reply }, Some(CALL_TIMEOUT)).await;
+        let reports = match call {
+            Ok(CallResult::Success(outcome)) => outcome.map_err(Status::from)?,
+            Ok(CallResult::Timeout) => return Err(Status::deadline_exceeded("the read sides did not answer in time")),
+            _ => return Err(Status::unavailable("read sides are shutting down")),
+        };
+        let mut views: Vec<ReadSideView> = reports
+            .into_iter()
+            .map(|(read_side, report)| {
+                let error = match &report.status {
+                    ProcessorStatus::Replaying { error, .. } | ProcessorStatus::Stopped { error } => error.clone(),
+                    _ => String::new(),
+                };
+                ReadSideView {
+                    read_side,
+                    shard: report.shard,
+                    offset: report.cursor.ordering,
+                    status: report.status.to_string(),
+                    error,
+                    lag_seconds: report.lag_seconds(),
+                    delivered: report.delivered,
+                    failures: report.failures,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.read_side, a.shard).cmp(&(&b.read_side, b.shard)));
+        Ok(views)
     }
 
     async fn offset(&self, read_side_id: &str, shard: u32) -> Result<ReadSideOffset, Status> {
@@ -197,30 +231,18 @@ impl ReadSideAdminService for ReadSideManager {
         request: Request<ListReadSidesRequest>,
     ) -> Result<Response<ListReadSidesResponse>, Status> {
         let read_side_id = Some(request.into_inner().read_side_id).filter(|id| !id.is_empty());
-        let call =
-            self.supervisor.call(|reply| SupervisorMessage::Report { read_side_id, reply }, Some(CALL_TIMEOUT)).await;
-        let reports = match call {
-            Ok(CallResult::Success(outcome)) => outcome.map_err(Status::from)?,
-            Ok(CallResult::Timeout) => return Err(Status::deadline_exceeded("the read sides did not answer in time")),
-            _ => return Err(Status::unavailable("read sides are shutting down")),
-        };
-        let shards = reports
+        let shards = self
+            .views(read_side_id)
+            .await?
             .into_iter()
-            .map(|(read_side_id, report)| {
-                use crate::actors::read_side_processor::ProcessorStatus;
-                let error = match &report.status {
-                    ProcessorStatus::Replaying { error, .. } | ProcessorStatus::Stopped { error } => error.clone(),
-                    _ => String::new(),
-                };
-                ReadSideShardStatus {
-                    read_side_id,
-                    shard: report.shard,
-                    offset: report.cursor.ordering,
-                    status: report.status.to_string(),
-                    error,
-                    delivered: report.delivered,
-                    failures: report.failures,
-                }
+            .map(|view| ReadSideShardStatus {
+                read_side_id: view.read_side,
+                shard: view.shard,
+                offset: view.offset,
+                status: view.status,
+                error: view.error,
+                delivered: view.delivered,
+                failures: view.failures,
             })
             .collect();
         Ok(Response::new(ListReadSidesResponse { shards }))

@@ -15,6 +15,7 @@ use crate::engine::EngineHandle;
 use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStateService;
 use crate::proto::chief_of_state::v1::*;
 use crate::subscriptions::SubscriptionHub;
+use crate::telemetry;
 
 const SUBSCRIPTIONS_DISABLED: &str = "Subscription is not enabled; configure subscription to use streaming";
 
@@ -67,19 +68,23 @@ impl ChiefOfStateService for ChiefOfState {
     ) -> Result<Response<ProcessCommandResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
         let entity_id = entity_id_of(body.entity_id)?;
+        let span = info_span!("process_command", entity_id = %entity_id, node = %self.engine.node());
+        telemetry::extract(&span, &metadata);
         let command = CommandEnvelope {
             command: body.command.unwrap_or_default(),
             propagated_headers: headers::propagated(&metadata, &self.write_side.propagated_headers),
             persisted_headers: headers::persisted(&metadata, &self.write_side.persisted_headers),
+            trace_context: telemetry::inject(&span),
         };
-        let span = info_span!("process_command", entity_id = %entity_id);
         let state = self.engine.process_command(entity_id, command).instrument(span).await?;
         Ok(Response::new(ProcessCommandResponse { state: state.state, meta: state.meta }))
     }
 
     async fn get_state(&self, request: Request<GetStateRequest>) -> Result<Response<GetStateResponse>, Status> {
-        let entity_id = entity_id_of(request.into_inner().entity_id)?;
-        let span = info_span!("get_state", entity_id = %entity_id);
+        let (metadata, _, body) = request.into_parts();
+        let entity_id = entity_id_of(body.entity_id)?;
+        let span = info_span!("get_state", entity_id = %entity_id, node = %self.engine.node());
+        telemetry::extract(&span, &metadata);
         let state = self.engine.get_state(entity_id).instrument(span).await?;
         Ok(Response::new(GetStateResponse { state: state.state, meta: state.meta }))
     }

@@ -88,6 +88,7 @@ impl WriteSide for WriteHandler {
         let mut request = Request::from_parts(headers, Default::default(), request);
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
+        crate::telemetry::inject_metadata(request.metadata_mut());
         let mut client = self.client();
         self.bounded("HandleCommand", client.handle_command(request)).await
     }
@@ -97,6 +98,7 @@ impl WriteSide for WriteHandler {
         let mut request = Request::new(request);
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
+        crate::telemetry::inject_metadata(request.metadata_mut());
         let mut client = self.client();
         self.bounded("HandleEvent", client.handle_event(request)).await
     }

@@ -101,18 +101,25 @@ async fn write_loop<W: BatchWriter>(
 }
 
 async fn write<W: BatchWriter>(writer: &W, batch: Vec<AppendRequest>) {
+    let events = batch.iter().map(|r| r.events.len()).sum();
+    let started = std::time::Instant::now();
     if batch.len() == 1 {
         let outcome = writer.write_one(&batch[0]).await;
+        crate::metrics::get().journal_batch(1, events, outcome.is_ok(), started.elapsed());
         answer(batch, &outcome);
         return;
     }
-    match writer.write_batch(&batch).await {
+    let outcome = writer.write_batch(&batch).await;
+    crate::metrics::get().journal_batch(batch.len(), events, outcome.is_ok(), started.elapsed());
+    match outcome {
         Ok(()) => answer(batch, &Ok(())),
         Err(Error::Conflict { .. }) => {
             // Find the loser(s): each append on its own.
             debug!(appends = batch.len(), "batch hit a revision conflict; retrying its appends one by one");
             for request in batch {
+                let started = std::time::Instant::now();
                 let outcome = writer.write_one(&request).await;
+                crate::metrics::get().journal_batch(1, request.events.len(), outcome.is_ok(), started.elapsed());
                 let _ = request.reply.send(outcome);
             }
         }

@@ -12,6 +12,7 @@ pub mod fault_proxy;
 pub mod handler;
 pub mod history;
 pub mod load;
+pub mod nodes;
 pub mod pg;
 pub mod read_handler;
 

@@ -34,8 +34,12 @@ impl Target {
                     .map_err(describe)
             }
             Target::Engine(handle) => {
-                let envelope =
-                    CommandEnvelope { command, propagated_headers: Default::default(), persisted_headers: vec![] };
+                let envelope = CommandEnvelope {
+                    command,
+                    propagated_headers: Default::default(),
+                    persisted_headers: vec![],
+                    trace_context: Default::default(),
+                };
                 handle.process_command(entity_id, envelope).await.map(drop).map_err(describe)
             }
         }
