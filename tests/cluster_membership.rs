@@ -564,7 +564,7 @@ async fn journal_writes_are_fenced_on_the_writers_membership() {
     journal.append("x", 0, &[event(1)]).await.expect("an up member writes");
 
     let version = store.version().await.unwrap();
-    assert!(store.down(&[b.clone()], version, &a).await.unwrap());
+    assert!(store.down(std::slice::from_ref(&b), version, &a).await.unwrap());
     let appends = (0..4).map(|i| {
         let journal = journal.clone();
         let event = event(2);
