@@ -21,6 +21,9 @@ use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStat
 use crate::proto::chief_of_state::v1::read_side_manager_service_server::ReadSideManagerServiceServer;
 use crate::proto::regent::v1::read_side_admin_service_server::ReadSideAdminServiceServer;
 
+/// How long a fenced or downed member may take to stop its actors before [`Node::run_until`] returns anyway.
+const FENCED_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -144,7 +147,11 @@ impl Node {
         tokio::select! {
             () = signal => self.shutdown().await,
             reason = fenced => {
-                self.stop_fenced().await;
+                // Nothing this member still does can be stored (the journal is fenced): the aim is to exit soon,
+                // so that a supervisor starts a new incarnation, even if stopping waits on an unreachable database.
+                if tokio::time::timeout(FENCED_STOP_TIMEOUT, self.stop_fenced()).await.is_err() {
+                    tracing::warn!(timeout = ?FENCED_STOP_TIMEOUT, "stopping the fenced member took too long: exiting anyway");
+                }
                 Err(Error::Fenced(reason))
             }
         }

@@ -498,6 +498,18 @@ impl ClusterRuntime {
     }
 }
 
+/// Completes once the lease keeper reports this member fenced (or is gone), with the reason.
+async fn fenced(health: &mut watch::Receiver<Health>) -> String {
+    loop {
+        if let Health::Fenced { reason } = &*health.borrow_and_update() {
+            return reason.clone();
+        }
+        if health.changed().await.is_err() {
+            return "lease keeper stopped".into();
+        }
+    }
+}
+
 /// The daemon: one loop per `heartbeat_interval`.
 struct Daemon {
     context: Arc<ClusterContext>,
@@ -562,28 +574,28 @@ impl Daemon {
         let interval = Duration::from_millis(self.context.config.heartbeat_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // Watched apart from `self`, so that fencing is seen while a tick waits on the database: cut off from
+        // it, a tick's query can hang until TCP gives up, minutes after the lease expired.
+        let mut health = self.health.clone();
+        let fenced = loop {
             tokio::select! {
-                _ = ticker.tick() => self.tick().await,
+                _ = ticker.tick() => tokio::select! {
+                    () = self.tick() => {}
+                    reason = fenced(&mut health) => break Some(reason),
+                },
                 Some(event) = self.events.recv() => self.link_event(event),
                 Some(member) = self.pongs.1.recv() => {
                     if let Some(detector) = self.detectors.get_mut(&member) {
                         detector.heartbeat(Instant::now());
                     }
                 }
-                changed = self.health.changed() => {
-                    if changed.is_err() || self.health.borrow().is_fenced() {
-                        let reason = match &*self.health.borrow() {
-                            Health::Fenced { reason } => reason.clone(),
-                            Health::Healthy => "lease keeper stopped".into(),
-                        };
-                        warn!(%reason, "this member is fenced: stopping");
-                        let _ = self.membership.send(Membership::Stopped(reason));
-                        break;
-                    }
-                }
-                _ = stop.changed() => break,
+                reason = fenced(&mut health) => break Some(reason),
+                _ = stop.changed() => break None,
             }
+        };
+        if let Some(reason) = fenced {
+            warn!(%reason, "this member is fenced: stopping");
+            let _ = self.membership.send(Membership::Stopped(reason));
         }
         if let Some(coordinator) = self.context.coordinator.lock().expect("coordinator lock").take() {
             coordinator.stop(None);
