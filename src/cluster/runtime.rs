@@ -737,6 +737,12 @@ impl Daemon {
             })
             .map(|m| m.id.clone())
             .collect();
+        // Members no longer live (downed, removed): a downed member may still hold a link that nothing will close
+        // (cut off, it sends no FIN), and regions would keep forwarding its old shards' requests over it.
+        let gone: Vec<MemberId> = self.detectors.keys().filter(|m| !others.contains(m)).cloned().collect();
+        for member in gone {
+            self.member_gone(&member, "member no longer live").await;
+        }
         self.detectors.retain(|m, _| others.contains(m));
         self.reported_unreachable.retain(|m| others.contains(m));
         self.sequence += 1;
@@ -772,16 +778,23 @@ impl Daemon {
                 if self.context.membership.report(&self.context.me, member, false).await.is_ok() {
                     self.reported_unreachable.insert(member.clone());
                 }
-                self.transport.disconnect(&member.to_string()).await;
-                if let Some(region) = self.context.region() {
-                    let _ = region.send_message(RegionMessage::MemberGone { member: member.to_string() });
-                }
+                self.member_gone(member, "failure detector").await;
             } else if available && reported && linked.contains(&member.to_string()) {
                 info!(%member, "member reachable again");
                 if self.context.membership.report(&self.context.me, member, true).await.is_ok() {
                     self.reported_unreachable.remove(member);
                 }
             }
+        }
+    }
+
+    /// Tears down `member`'s link (ractor_cluster would keep a dead one open forever) and tells the region, which
+    /// forgets the shard homes it had there.
+    async fn member_gone(&self, member: &MemberId, why: &str) {
+        debug!(%member, why, "member gone");
+        self.transport.disconnect(&member.to_string()).await;
+        if let Some(region) = self.context.region() {
+            let _ = region.send_message(RegionMessage::MemberGone { member: member.to_string() });
         }
     }
 
