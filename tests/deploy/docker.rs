@@ -119,7 +119,8 @@ fn present_or_pulled(image: &str) -> bool {
 fn build_regent_image() -> String {
     let context = tempfile::tempdir().expect("a temporary build context");
     std::fs::copy(env!("CARGO_BIN_EXE_regent"), context.path().join("regent")).expect("copy the regent binary");
-    docker(&[
+    let previous = run(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", REGENT_TEST_IMAGE]));
+    let built = docker(&[
         "build",
         "-q",
         "-f",
@@ -130,6 +131,11 @@ fn build_regent_image() -> String {
         REGENT_TEST_IMAGE,
         &context.path().to_string_lossy(),
     ]);
+    // The image of the previous run, if this build replaced it (a new binary): no need to keep it.
+    let previous = String::from_utf8_lossy(&previous.stdout).trim().to_string();
+    if previous.starts_with("sha256:") && built != previous {
+        let _ = run(Command::new("docker").args(["rmi", &previous]));
+    }
     REGENT_TEST_IMAGE.into()
 }
 
