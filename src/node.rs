@@ -24,6 +24,12 @@ use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStat
 use crate::proto::chief_of_state::v1::read_side_manager_service_server::ReadSideManagerServiceServer;
 use crate::proto::regent::v1::read_side_admin_service_server::ReadSideAdminServiceServer;
 
+/// What the drain of requests in flight gets beyond their own deadline (see `Node::drain_timeout`).
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a fenced or downed member may take to stop its actors before [`Node::run_until`] returns anyway.
+const FENCED_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,6 +61,9 @@ pub struct Node {
     /// What the admin endpoint's `/ready` answers.
     readiness: watch::Sender<Readiness>,
     admin: Option<AdminServer>,
+    /// How long requests in flight get to finish once the node stops serving: a request waits at most
+    /// `COS_COMMAND_HANDLER_TIMEOUT` for its entity, plus [`DRAIN_MARGIN`].
+    drain_timeout: Duration,
 }
 
 impl Node {
@@ -121,7 +130,8 @@ impl Node {
             Some(cluster) => follow_cluster_readiness(cluster, readiness.clone()),
         }
         info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
-        Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin })
+        let drain_timeout = Duration::from_secs(config.entities.command_handler_timeout_secs) + DRAIN_MARGIN;
+        Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin, drain_timeout })
     }
 
     /// The address gRPC is served on.
@@ -163,7 +173,11 @@ impl Node {
         tokio::select! {
             () = signal => self.shutdown().await,
             reason = fenced => {
-                self.stop_fenced().await;
+                // Nothing this member still does can be stored (the journal is fenced): the aim is to exit soon,
+                // so that a supervisor starts a new incarnation, even if stopping waits on an unreachable database.
+                if tokio::time::timeout(FENCED_STOP_TIMEOUT, self.stop_fenced()).await.is_err() {
+                    tracing::warn!(timeout = ?FENCED_STOP_TIMEOUT, "stopping the fenced member took too long: exiting anyway");
+                }
                 Err(Error::Fenced(reason))
             }
         }
@@ -191,7 +205,16 @@ impl Node {
         let _ = self.stop_serving.send(());
         // Open subscription streams would keep the server from finishing.
         self.engine.close_subscriptions();
-        let served = self.server.await.map_err(|e| Error::Server(e.to_string()))?;
+        // The graceful drain waits for every connection to close, which a client that does not answer the
+        // server's GOAWAY never does: past the requests' own deadline, the remaining connections are dropped.
+        let served = match tokio::time::timeout(self.drain_timeout, &mut self.server).await {
+            Ok(served) => served.map_err(|e| Error::Server(e.to_string()))?,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "connections still open after the drain: closing them");
+                self.server.abort();
+                Ok(())
+            }
+        };
         self.engine.shutdown().await;
         if let Some(admin) = self.admin {
             admin.shutdown().await;

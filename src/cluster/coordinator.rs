@@ -62,6 +62,8 @@ pub struct CoordinatorState {
     handing_off: BTreeSet<u32>,
     /// Members leaving: they get no shard, and wait for theirs to be handed off.
     leaving: HashMap<MemberId, Vec<RpcReplyPort<bool>>>,
+    /// Members told they may go: they get no shard either, though the snapshot may still list them up for a while.
+    left: BTreeSet<MemberId>,
 }
 
 impl Actor for Coordinator {
@@ -85,6 +87,7 @@ impl Actor for Coordinator {
             confirmed: BTreeSet::new(),
             handing_off: BTreeSet::new(),
             leaving: HashMap::new(),
+            left: BTreeSet::new(),
         };
         state.deallocate_orphans(&myself).await;
         Ok(state)
@@ -103,6 +106,8 @@ impl Actor for Coordinator {
             }
             CoordinatorMessage::Members(snapshot) => {
                 state.snapshot = snapshot;
+                let snapshot = &state.snapshot;
+                state.left.retain(|m| snapshot.members.iter().any(|listed| listed.id == *m));
                 state.deallocate_orphans(&myself).await;
                 state.answer_leavers();
             }
@@ -145,7 +150,7 @@ impl CoordinatorState {
             .members
             .iter()
             .filter(|m| m.status == MemberStatus::Up && m.lease_valid)
-            .filter(|m| !unreachable.contains(&m.id) && !self.leaving.contains_key(&m.id))
+            .filter(|m| !unreachable.contains(&m.id) && !self.leaving.contains_key(&m.id) && !self.left.contains(&m.id))
             .filter(|m| self.context.is_linked(&m.id.to_string()))
             .collect();
         up.sort_by_key(|m| (m.up_number, m.id.clone()));
@@ -299,6 +304,7 @@ impl CoordinatorState {
                 let _ = reply.send(true);
             }
             info!(%member, "leaving member owns no shard any more");
+            self.left.insert(member);
         }
     }
 }

@@ -539,6 +539,18 @@ impl ClusterRuntime {
     }
 }
 
+/// Completes once the lease keeper reports this member fenced (or is gone), with the reason.
+async fn fenced(health: &mut watch::Receiver<Health>) -> String {
+    loop {
+        if let Health::Fenced { reason } = &*health.borrow_and_update() {
+            return reason.clone();
+        }
+        if health.changed().await.is_err() {
+            return "lease keeper stopped".into();
+        }
+    }
+}
+
 /// The daemon: one loop per `heartbeat_interval`.
 struct Daemon {
     context: Arc<ClusterContext>,
@@ -603,28 +615,28 @@ impl Daemon {
         let interval = Duration::from_millis(self.context.config.heartbeat_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // Watched apart from `self`, so that fencing is seen while a tick waits on the database: cut off from
+        // it, a tick's query can hang until TCP gives up, minutes after the lease expired.
+        let mut health = self.health.clone();
+        let fenced = loop {
             tokio::select! {
-                _ = ticker.tick() => self.tick().await,
+                _ = ticker.tick() => tokio::select! {
+                    () = self.tick() => {}
+                    reason = fenced(&mut health) => break Some(reason),
+                },
                 Some(event) = self.events.recv() => self.link_event(event),
                 Some(member) = self.pongs.1.recv() => {
                     if let Some(detector) = self.detectors.get_mut(&member) {
                         detector.heartbeat(Instant::now());
                     }
                 }
-                changed = self.health.changed() => {
-                    if changed.is_err() || self.health.borrow().is_fenced() {
-                        let reason = match &*self.health.borrow() {
-                            Health::Fenced { reason } => reason.clone(),
-                            Health::Healthy => "lease keeper stopped".into(),
-                        };
-                        warn!(%reason, "this member is fenced: stopping");
-                        let _ = self.membership.send(Membership::Stopped(reason));
-                        break;
-                    }
-                }
-                _ = stop.changed() => break,
+                reason = fenced(&mut health) => break Some(reason),
+                _ = stop.changed() => break None,
             }
+        };
+        if let Some(reason) = fenced {
+            warn!(%reason, "this member is fenced: stopping");
+            let _ = self.membership.send(Membership::Stopped(reason));
         }
         if let Some(coordinator) = self.context.coordinator.lock().expect("coordinator lock").take() {
             coordinator.stop(None);
@@ -779,6 +791,12 @@ impl Daemon {
             })
             .map(|m| m.id.clone())
             .collect();
+        // Members no longer live (downed, removed): a downed member may still hold a link that nothing will close
+        // (cut off, it sends no FIN), and regions would keep forwarding its old shards' requests over it.
+        let gone: Vec<MemberId> = self.detectors.keys().filter(|m| !others.contains(m)).cloned().collect();
+        for member in gone {
+            self.member_gone(&member, "member no longer live").await;
+        }
         self.detectors.retain(|m, _| others.contains(m));
         self.reported_unreachable.retain(|m| others.contains(m));
         self.sequence += 1;
@@ -814,16 +832,23 @@ impl Daemon {
                 if self.context.membership.report(&self.context.me, member, false).await.is_ok() {
                     self.reported_unreachable.insert(member.clone());
                 }
-                self.transport.disconnect(&member.to_string()).await;
-                if let Some(region) = self.context.region() {
-                    let _ = region.send_message(RegionMessage::MemberGone { member: member.to_string() });
-                }
+                self.member_gone(member, "failure detector").await;
             } else if available && reported && linked.contains(&member.to_string()) {
                 info!(%member, "member reachable again");
                 if self.context.membership.report(&self.context.me, member, true).await.is_ok() {
                     self.reported_unreachable.remove(member);
                 }
             }
+        }
+    }
+
+    /// Tears down `member`'s link (ractor_cluster would keep a dead one open forever) and tells the region, which
+    /// forgets the shard homes it had there.
+    async fn member_gone(&self, member: &MemberId, why: &str) {
+        debug!(%member, why, "member gone");
+        self.transport.disconnect(&member.to_string()).await;
+        if let Some(region) = self.context.region() {
+            let _ = region.send_message(RegionMessage::MemberGone { member: member.to_string() });
         }
     }
 
