@@ -26,6 +26,12 @@ use crate::config::PostgresConfig;
 /// the store reports itself [`Error::Unavailable`].
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server ends a session left idle inside a transaction this long (`idle_in_transaction_session_timeout`).
+/// Regent's transactions send their statements back to back; one idle for seconds belongs to a node that was cut
+/// off or froze mid-transaction, and PostgreSQL, which only waits for the next statement, would keep its row locks
+/// (`cluster_state`'s, that every membership change takes) for as long as TCP takes to notice, hours without
+/// keepalives: every other member's membership change would wait behind it, the downing of that node included.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most events written in one journal transaction.
 const MAX_BATCH_EVENTS: usize = 500;
 /// Appends waiting for a writer before entities wait to enqueue (back-pressure).
@@ -156,7 +162,11 @@ pub(crate) fn connection_config(config: &PostgresConfig) -> tokio_postgres::Conf
         .application_name(format!("regent:{}", config.schema))
         .connect_timeout(CONNECT_TIMEOUT)
         // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
-        .options(format!("-c search_path=\"{}\"", config.schema));
+        .options(format!(
+            "-c search_path=\"{}\" -c idle_in_transaction_session_timeout={}",
+            config.schema,
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        ));
     if !config.password.is_empty() {
         pg.password(&config.password);
     }
