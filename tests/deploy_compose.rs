@@ -133,6 +133,8 @@ fn compose_cluster_survives_crash_partition_scaling_and_rolling_restart() {
         ("REGENT_IMAGE", images.regent.clone()),
         ("REGENT_CLUSTER_COOKIE", secret()),
         ("POSTGRES_PASSWORD", secret()),
+        // The nodes' log level: LOG_LEVEL of the test, e.g. "info,regent::cluster=debug".
+        ("LOG_LEVEL", std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into())),
     ];
     if images.postgres_from_debian {
         files.push(deploy::deploy("compose.debian-postgres.yaml"));
@@ -213,9 +215,7 @@ fn compose_cluster_survives_crash_partition_scaling_and_rolling_restart() {
 
 /// The scenarios, in order, under the load.
 fn scenarios(compose: &Compose, db: &Db, cluster: &ClusterView, load: &Load, figures: &mut Figures) {
-    eventually("every entity is served", Duration::from_secs(60), || {
-        load.all_served_after(Instant::now() - Duration::from_secs(60))
-    });
+    eventually("every entity is served", Duration::from_secs(60), || load.all_served_after(load.started));
     std::thread::sleep(Duration::from_secs(2));
 
     // 1. docker kill (SIGKILL) of the node hosting the most shards, the leader aside (it is cut off below).

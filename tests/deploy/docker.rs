@@ -223,6 +223,11 @@ impl Compose {
 impl Drop for Compose {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let path = std::env::temp_dir().join(format!("{}.log", self.project));
+            match std::fs::write(&path, self.logs(100_000)) {
+                Ok(()) => eprintln!("deploy: the containers' logs are in {}", path.display()),
+                Err(e) => eprintln!("deploy: cannot keep the containers' logs in {}: {e}", path.display()),
+            }
             eprintln!("deploy: last log lines of {}:\n{}", self.project, self.logs(60));
         }
         let _ = run(&mut self.command(&["--profile", "otel", "down", "-v", "--remove-orphans", "-t", "10"]));

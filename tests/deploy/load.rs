@@ -126,6 +126,8 @@ impl Shared {
 
 /// A running load.
 pub struct Load {
+    /// When the workers started.
+    pub started: Instant,
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -148,7 +150,7 @@ impl Load {
             stop: AtomicBool::new(false),
             next_amount: AtomicI64::new(1),
         });
-        let mut load = Load { runtime, shared, workers: Vec::new(), prefix: prefix.into() };
+        let mut load = Load { started: Instant::now(), runtime, shared, workers: Vec::new(), prefix: prefix.into() };
         load.set_endpoints(endpoints);
         load.workers = (0..entities)
             .map(|index| load.runtime.spawn(worker(load.shared.clone(), index, load.entity(index), pause)))
