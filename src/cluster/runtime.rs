@@ -896,6 +896,11 @@ impl Daemon {
         if !expired.is_empty() {
             info!(?expired, "downing members whose lease expired");
             let _ = self.context.membership.down(&expired, snapshot.version, &me).await;
+            // Their shards need not wait for the next tick: the coordinator deallocates the shards of members whose
+            // lease expired, which this snapshot already shows.
+            if let Some(coordinator) = self.context.local_coordinator() {
+                let _ = coordinator.send_message(CoordinatorMessage::Members(snapshot.clone()));
+            }
             return;
         }
         for member in snapshot.members.iter().filter(|m| m.id != me && !m.lease_valid) {

@@ -334,6 +334,8 @@ pub struct JournalCheck {
     pub applied_twice: usize,
     /// Events in the journal for the load's entities.
     pub events: usize,
+    /// Per entity: its last revision and the balance its events add up to.
+    pub accounts: BTreeMap<String, (i64, i64)>,
 }
 
 /// Checks every acknowledgement against the journal rows `(entity_id, revision, payload)` of the load's entities.
@@ -346,14 +348,19 @@ pub fn check_journal(
     let mut journal: HashMap<(String, i64), Sent> = HashMap::new();
     let mut revisions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut deposits: HashMap<i64, usize> = HashMap::new();
+    let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for (entity, revision, payload) in rows {
         let event = EventWrapper::decode(payload.as_slice()).expect("a journal payload is an EventWrapper").event;
         let event = event.expect("an event");
+        let account = accounts.entry(entity.clone()).or_default();
+        account.0 = account.0.max(*revision);
         let sent = if let Some(deposited) = unpack::<Deposited>(&event) {
             let amount = deposited.expect("a Deposited event").amount;
             *deposits.entry(amount).or_default() += 1;
+            account.1 += amount;
             Sent::Deposit(amount)
-        } else if unpack::<AccountOpened>(&event).is_some() {
+        } else if let Some(opened) = unpack::<AccountOpened>(&event) {
+            account.1 += opened.expect("an AccountOpened event").balance;
             Sent::Open
         } else {
             panic!("unexpected event {} in {entity}'s journal", event.type_url)
@@ -361,7 +368,7 @@ pub fn check_journal(
         journal.insert((entity.clone(), *revision), sent);
         revisions.entry(entity.clone()).or_default().push(*revision);
     }
-    let mut check = JournalCheck { events: rows.len(), ..JournalCheck::default() };
+    let mut check = JournalCheck { events: rows.len(), accounts, ..JournalCheck::default() };
     for ack in acks {
         let entity = load_entity(ack.entity);
         match journal.get(&(entity.clone(), ack.revision)) {
