@@ -474,10 +474,11 @@ async fn sigkill_mid_delivery_resumes_from_the_stored_offset() {
     assert!(paused.into_inner().successful);
     let client = ChiefOfStateServiceClient::new(channel);
     let mut writers = Vec::new();
-    for _ in 0..ENTITIES {
+    for i in 0..ENTITIES {
         let client = client.clone();
+        // Spread evenly: a shard without events would keep its initial offset, never "the end".
+        let id = entity_in_shard("k", i as u32 % SHARDS, SHARDS);
         writers.push(tokio::spawn(async move {
-            let id = entity("k");
             for k in 1..=PER_ENTITY {
                 let request =
                     ProcessCommandRequest { entity_id: id.clone(), command: Some(command("Append", &k.to_string())) };
