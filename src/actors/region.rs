@@ -53,8 +53,6 @@ pub enum RegionMessage {
     ShardStopped { shard: u32 },
     /// The link to a member is gone: forget the homes on it.
     MemberGone { member: String },
-    /// The shards hosted here.
-    HostedShards(RpcReplyPort<Vec<u32>>),
 }
 
 pub struct RegionArgs {
@@ -187,11 +185,6 @@ impl Actor for ShardRegion {
                 for shard in gone {
                     state.homes.remove(&shard);
                 }
-            }
-            RegionMessage::HostedShards(reply) => {
-                let mut hosted: Vec<u32> = (0..state.args.num_shards).filter(|s| state.is_local(*s)).collect();
-                hosted.sort_unstable();
-                let _ = reply.send(hosted);
             }
         }
         Ok(())

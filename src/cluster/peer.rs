@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::runtime::ClusterContext;
 use super::wire::{PEER_GROUP, PeerMessage, WIRE_VERSION, refused};
-use crate::proto::regent::v1::{self as pb, peer_reply, peer_request};
+use crate::proto::regent::v1::{self as pb, peer_request};
 
 pub struct PeerActor;
 
@@ -52,8 +52,7 @@ impl Actor for PeerActor {
         }
         // Heartbeats are answered at once, in order.
         if let Some(peer_request::Kind::Ping(ping)) = &request.kind {
-            let pong = pb::PeerReply { kind: Some(peer_reply::Kind::Pong(pb::Pong { sequence: ping.sequence })) };
-            let _ = reply.send(pong.encode_to_vec());
+            let _ = reply.send(super::wire::pong(ping.sequence).encode_to_vec());
             return Ok(());
         }
         let context = context.clone();

@@ -223,9 +223,7 @@ impl ClusterContext {
         let ack = || pb::PeerReply { kind: Some(peer_reply::Kind::Ack(pb::Ack {})) };
         let Some(kind) = request.kind else { return refused("empty request", false) };
         match kind {
-            peer_request::Kind::Ping(ping) => {
-                pb::PeerReply { kind: Some(peer_reply::Kind::Pong(pb::Pong { sequence: ping.sequence })) }
-            }
+            peer_request::Kind::Ping(ping) => super::wire::pong(ping.sequence),
             peer_request::Kind::Entity(request) => self.serve_entity(request).await,
             peer_request::Kind::GetShardHome(get) => {
                 let Some(coordinator) = self.local_coordinator() else {
@@ -720,9 +718,6 @@ impl Daemon {
             view.leader = leader.as_ref().map(|h| h.holder.to_string());
         }
         self.lead(&snapshot, now).await;
-        if let Ok(shards) = self.context.allocations.load().await {
-            self.context.view.write().expect("view lock").shards = shards.into_iter().collect();
-        }
     }
 
     /// Links to every live member without a link (and, now and then, to seeds and DNS-discovered addresses).
@@ -914,7 +909,7 @@ impl Daemon {
 
     fn is_leader_candidate(&self, snapshot: &ClusterSnapshot) -> bool {
         let me = &self.context.me;
-        let unreachable: BTreeSet<MemberId> = self.reported_unreachable.iter().cloned().collect();
+        let unreachable = &self.reported_unreachable;
         let mut up: Vec<_> = snapshot
             .members
             .iter()
@@ -997,6 +992,11 @@ struct StatusSource {
 #[async_trait::async_trait]
 impl ClusterStatusSource for StatusSource {
     async fn status(&self) -> ClusterStatus {
+        // The shard map is read when asked for (an admin request, a metrics scrape), not on every daemon tick;
+        // if the database does not answer, the last map read is shown.
+        if let Ok(shards) = self.context.allocations.load().await {
+            self.context.view.write().expect("view lock").shards = shards.into_iter().collect();
+        }
         let view = self.context.view.read().expect("view lock");
         let now = std::time::SystemTime::now();
         let unreachable: BTreeSet<MemberId> =

@@ -90,6 +90,11 @@ pub fn status_from_wire(failure: pb::Failure) -> Status {
     )
 }
 
+/// The `PeerReply` to a heartbeat.
+pub fn pong(sequence: u64) -> pb::PeerReply {
+    pb::PeerReply { kind: Some(pb::peer_reply::Kind::Pong(pb::Pong { sequence })) }
+}
+
 /// A `PeerReply` refusing a request.
 pub fn refused(reason: impl Into<String>, wrong_home: bool) -> pb::PeerReply {
     pb::PeerReply { kind: Some(pb::peer_reply::Kind::Refused(pb::Refused { reason: reason.into(), wrong_home })) }
