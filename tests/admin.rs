@@ -11,7 +11,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -24,7 +23,7 @@ use regent::cluster::status::ClusterStatus;
 
 use support::handler::command;
 use support::read_handler::{ReadHandler, ReadSideSpec, ReadSidesYaml};
-use support::{TestNode, entity, eventually};
+use support::{TestNode, entity, eventually, regent_cli};
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
@@ -77,22 +76,6 @@ fn entities_by_shard(region: &ActorNode) -> BTreeMap<u32, BTreeSet<String>> {
             (shard.shard.expect("a shard number"), ids)
         })
         .collect()
-}
-
-/// `regent <args>` (the real binary): exit code, stdout, stderr.
-async fn regent(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_regent")).args(&args).env_remove("REGENT_ADMIN_NODE").output()
-    })
-    .await
-    .unwrap()
-    .expect("run the regent binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -272,7 +255,7 @@ async fn the_cli_prints_the_tree_the_cluster_and_readiness() {
     touch(&t, &ids).await;
     let node = admin_addr(&t);
 
-    let (code, out, err) = regent(&["admin", "actors", "--node", &node]).await;
+    let (code, out, err) = regent_cli(&["admin", "actors", "--node", &node]).await;
     assert_eq!(code, 0, "{err}");
     for id in &ids {
         let line = format!("entity {id}  [");
@@ -282,19 +265,19 @@ async fn the_cli_prints_the_tree_the_cluster_and_readiness() {
     assert!(out.contains("region 1, shard ") && out.contains("entity 3"), "{out}");
 
     let (code, out, err) =
-        regent(&["admin", "actors", "--node", &format!("http://{node}/"), "--max-entities", "0"]).await;
+        regent_cli(&["admin", "actors", "--node", &format!("http://{node}/"), "--max-entities", "0"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("entity cli-") && out.contains("more entities"), "{out}");
 
-    let (code, out, err) = regent(&["admin", "cluster", "--node", &node]).await;
+    let (code, out, err) = regent_cli(&["admin", "cluster", "--node", &node]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("single node") && out.contains(&t.node().local_addr().to_string()), "{out}");
 
-    assert_eq!(regent(&["admin", "health", "--node", &node]).await.1, "ok\n");
-    assert_eq!(regent(&["admin", "ready", "--node", &node]).await.1, "ready\n");
+    assert_eq!(regent_cli(&["admin", "health", "--node", &node]).await.1, "ok\n");
+    assert_eq!(regent_cli(&["admin", "ready", "--node", &node]).await.1, "ready\n");
 
     let unreachable = t.node().local_addr().to_string(); // gRPC, not HTTP/1: the answer is not the expected JSON
-    let (code, _, err) = regent(&["admin", "health", "--node", &unreachable]).await;
+    let (code, _, err) = regent_cli(&["admin", "health", "--node", &unreachable]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("error: "), "{err}");
     t.shutdown().await;

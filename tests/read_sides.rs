@@ -26,7 +26,7 @@ use regent::proto::regent::v1::{ListReadSidesRequest, ReadSideShardStatus};
 
 use support::handler::{TestHandler, appended, command, list};
 use support::read_handler::{Answer, ReadHandler, ReadSideSpec, ReadSidesYaml};
-use support::{TestNode, entity, eventually, pg};
+use support::{TestNode, entity, eventually, pg, regent_cli};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -207,28 +207,12 @@ fn two_shards(num_shards: u32) -> (String, String) {
     (x, entity_in_shard("y", (sx + 1) % num_shards, num_shards))
 }
 
-/// Runs `regent <args>`; returns (exit code, stdout, stderr).
-async fn regent(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_regent")).args(&args).env_remove("REGENT_NODE").output()
-    })
-    .await
-    .unwrap()
-    .expect("run the regent binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Asserts `regent readside <args> --node url` exits 0; returns its stdout.
 async fn readside_ok(url: &str, args: &[&str]) -> String {
     let mut all = vec!["readside"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--node", url]);
-    let (code, stdout, stderr) = regent(&all).await;
+    let (code, stdout, stderr) = regent_cli(&all).await;
     assert_eq!(code, 0, "regent {all:?} failed: stdout {stdout:?}, stderr {stderr:?}");
     stdout
 }
@@ -1017,7 +1001,7 @@ async fn readside_cli_drives_the_read_sides() {
     ] {
         let mut args = args;
         args.extend_from_slice(&["--node", &url]);
-        let (code, stdout, stderr) = regent(&args).await;
+        let (code, stdout, stderr) = regent_cli(&args).await;
         assert_ne!(code, 0, "regent {args:?} should fail: {stdout} {stderr}");
         let expected = if args.contains(&"--shard") { "InvalidArgument" } else { "NotFound" };
         assert!(stderr.contains(expected), "regent {args:?}: {stderr}");

@@ -132,10 +132,19 @@ fn is_zero(n: &usize) -> bool {
 impl ActorNode {
     fn new(kind: ActorKind, cell: &ActorCell) -> ActorNode {
         ActorNode {
-            kind,
-            id: cell.get_id().to_string(),
             name: cell.get_name(),
             status: format!("{:?}", cell.get_status()).to_lowercase(),
+            ..ActorNode::leaf(kind, cell.get_id().to_string())
+        }
+    }
+
+    /// A running actor of `kind` with nothing else known (no name, shard, entity or children).
+    pub fn leaf(kind: ActorKind, id: impl Into<String>) -> ActorNode {
+        ActorNode {
+            kind,
+            id: id.into(),
+            name: None,
+            status: "running".into(),
             shard: None,
             entity_id: None,
             passivating: false,
@@ -232,18 +241,7 @@ mod tests {
     use super::*;
 
     fn leaf(kind: ActorKind, id: &str) -> ActorNode {
-        ActorNode {
-            kind,
-            id: id.into(),
-            name: None,
-            status: "running".into(),
-            shard: None,
-            entity_id: None,
-            passivating: false,
-            error: None,
-            omitted: 0,
-            children: Vec::new(),
-        }
+        ActorNode::leaf(kind, id)
     }
 
     #[test]

@@ -217,18 +217,7 @@ mod tests {
 
     #[test]
     fn the_tree_is_indented_with_counts_and_omissions() {
-        let node = |kind, id: &str| ActorNode {
-            kind,
-            id: id.into(),
-            name: None,
-            status: "running".into(),
-            shard: None,
-            entity_id: None,
-            passivating: false,
-            error: None,
-            omitted: 0,
-            children: Vec::new(),
-        };
+        let node = |kind, id: &str| ActorNode::leaf(kind, id);
         let mut entity = node(ActorKind::Entity, "0.3");
         entity.entity_id = Some("acct-1".into());
         entity.passivating = true;

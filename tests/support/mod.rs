@@ -240,3 +240,24 @@ async fn connect(node: &Node) -> ChiefOfStateServiceClient<Channel> {
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024)
 }
+
+/// Runs the real `regent` binary with `args`, without the environment defaults a developer's shell may set for the
+/// CLI (`REGENT_NODE`, `REGENT_ADMIN_NODE`); returns (exit code, stdout, stderr).
+pub async fn regent_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_regent"))
+            .args(&args)
+            .env_remove("REGENT_NODE")
+            .env_remove("REGENT_ADMIN_NODE")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the regent binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
