@@ -138,6 +138,9 @@ pub struct EntityConfig {
     /// `REGENT_PASSIVATION_ACTIVE_ENTITY_LIMIT`: at most this many live entities per node; beyond it the least
     /// recently used are passivated (0 = no limit).
     pub active_entity_limit: usize,
+    /// `REGENT_ENTITY_QUEUE_LIMIT`: at most this many requests wait for one entity; beyond it a request is
+    /// answered `RESOURCE_EXHAUSTED` at once instead of queueing.
+    pub queue_limit: usize,
 }
 
 /// Snapshots and journal compaction (`COS_SNAPSHOT_FREQUENCY`, ...).
@@ -381,7 +384,13 @@ impl Default for WriteSideConfig {
 
 impl Default for EntityConfig {
     fn default() -> Self {
-        Self { num_shards: 16, command_handler_timeout_secs: 5, passivation_idle_secs: 120, active_entity_limit: 0 }
+        Self {
+            num_shards: 16,
+            command_handler_timeout_secs: 5,
+            passivation_idle_secs: 120,
+            active_entity_limit: 0,
+            queue_limit: 1000,
+        }
     }
 }
 
@@ -633,6 +642,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_COMMAND_HANDLER_TIMEOUT", &[], "entities.command_handler_timeout_secs", EnvKind::Secs),
     var("REGENT_PASSIVATION_IDLE_SECS", &[], "entities.passivation_idle_secs", EnvKind::Secs),
     var("REGENT_PASSIVATION_ACTIVE_ENTITY_LIMIT", &[], "entities.active_entity_limit", USIZE),
+    var("REGENT_ENTITY_QUEUE_LIMIT", &[], "entities.queue_limit", USIZE),
     var("COS_SNAPSHOT_FREQUENCY", &[], "snapshots.frequency", U64),
     var("COS_NUM_SNAPSHOTS_TO_RETAIN", &[], "snapshots.retain", U32),
     var("COS_DISABLE_SNAPSHOT", &[], "snapshots.disabled", EnvKind::Bool),
@@ -892,6 +902,7 @@ impl Config {
         check((1..=300).contains(&timeout), "entities.command_handler_timeout_secs", || {
             format!("must be between 1 and 300, got {timeout}")
         })?;
+        check(self.entities.queue_limit >= 1, "entities.queue_limit", || "must be at least 1".into())?;
 
         let snap = &self.snapshots;
         check(snap.frequency >= 1, "snapshots.frequency", || "must be at least 1".into())?;

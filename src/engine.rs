@@ -87,6 +87,7 @@ impl Engine {
             journal_signals,
             subscriptions: subscriptions.clone(),
             lease: cluster.map(ClusterRuntime::lease_clock),
+            queue_limit: config.entities.queue_limit,
         };
         let passivation_idle = match config.entities.passivation_idle_secs {
             0 => None,

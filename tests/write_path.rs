@@ -277,6 +277,57 @@ async fn concurrent_commands_to_one_entity_get_gapless_revisions() {
     t.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_entity_queue_answers_resource_exhausted_and_loses_nothing() {
+    let t = TestNode::start(|c| c.entities.queue_limit = 4).await;
+    let id = entity("hot");
+    // The entity is busy with a slow command while 16 more arrive: 4 may wait, the rest are refused at once.
+    let busy = {
+        let mut client = t.client.clone();
+        let request = ProcessCommandRequest { entity_id: id.clone(), command: Some(command("Sleep", "1500")) };
+        tokio::spawn(async move { client.process_command(request).await })
+    };
+    eventually("the slow command to reach the handler", Duration::from_secs(5), || async {
+        t.log().commands(&id).first().map(|_| ())
+    })
+    .await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = t.client.clone();
+            let request =
+                ProcessCommandRequest { entity_id: id.clone(), command: Some(command("Append", &i.to_string())) };
+            tokio::spawn(async move { client.process_command(request).await.map(tonic::Response::into_inner) })
+        })
+        .collect();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(reply) => acked.push(reply),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("REGENT_ENTITY_QUEUE_LIMIT"), "{:?}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    busy.await.unwrap().expect("the slow command succeeds");
+    assert!(refused >= 1, "a queue of 4 took all 16 commands");
+    assert!(acked.len() >= 4, "only {} of the 4 queued commands were answered OK", acked.len());
+    assert_eq!(acked.len() + refused, 16);
+
+    // Nothing refused was stored, nothing acknowledged was lost, and the entity still serves.
+    let next = t.process(&id, command("Append", "after")).await.expect("the entity serves again");
+    let stored = revision(next.meta.as_ref());
+    assert_eq!(stored as usize, 1 + acked.len() + 1, "slept + acknowledged + the last one");
+    assert_eq!(t.journal_revisions(&id).await, (1..=i64::from(stored)).collect::<Vec<_>>());
+    let all = items(next.state.as_ref());
+    for reply in &acked {
+        let last = items(reply.state.as_ref()).last().cloned().expect("an appended item");
+        assert!(all.contains(&last), "acknowledged {last:?} is missing from {all:?}");
+    }
+    t.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // §3.3 errors
 

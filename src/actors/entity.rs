@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -50,6 +51,8 @@ pub struct EntitySettings {
     pub subscriptions: Option<SubscriptionHub>,
     /// In a cluster, this member's lease: an entity acts only while it is trusted (`None`: a node alone).
     pub lease: Option<crate::cluster::keeper::LeaseClock>,
+    /// At most this many requests wait for one entity (`entities.queue_limit`); the shard refuses the rest.
+    pub queue_limit: usize,
 }
 
 pub struct EntityActor;
@@ -98,12 +101,15 @@ pub struct EntityArgs {
     pub entity_id: String,
     pub shard: u32,
     pub settings: EntitySettings,
+    /// Requests sent to this entity and not yet taken up (the shard counts up, the entity down).
+    pub waiting: Arc<AtomicUsize>,
 }
 
 pub struct EntityState {
     entity_id: String,
     shard: u32,
     settings: EntitySettings,
+    waiting: Arc<AtomicUsize>,
     /// `None` until recovered, and again after a journal write whose outcome is unknown.
     current: Option<StateWrapper>,
 }
@@ -115,7 +121,13 @@ impl Actor for EntityActor {
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, args: EntityArgs) -> Result<EntityState, ActorProcessingErr> {
         crate::metrics::get().entities_active.inc();
-        Ok(EntityState { entity_id: args.entity_id, shard: args.shard, settings: args.settings, current: None })
+        Ok(EntityState {
+            entity_id: args.entity_id,
+            shard: args.shard,
+            settings: args.settings,
+            waiting: args.waiting,
+            current: None,
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<Self::Msg>, _: &mut EntityState) -> Result<(), ActorProcessingErr> {
@@ -129,6 +141,9 @@ impl Actor for EntityActor {
         message: EntityMessage,
         state: &mut EntityState,
     ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, EntityMessage::Passivate) {
+            state.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         if !matches!(message, EntityMessage::Passivate)
             && state.settings.lease.as_ref().is_some_and(|lease| !lease.is_trusted())
         {

@@ -57,6 +57,9 @@ pub enum CommandError {
     /// The entity's revision number would overflow `uint32`.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The entity already has `entities.queue_limit` requests waiting: this one is refused, not queued.
+    #[error("entity {entity_id:?} has {limit} requests waiting (REGENT_ENTITY_QUEUE_LIMIT); try again later")]
+    Overloaded { entity_id: String, limit: usize },
     /// In a cluster: the request reached a node that does not host the entity's shard (its home moved).
     #[error("shard {shard} is not hosted on this node")]
     WrongHome { shard: u32 },

@@ -4,13 +4,20 @@
 //! Idle passivation follows Akka: every `idle / 4` the shard asks entities that received nothing for `idle` to
 //! stop after their queued messages. Until the entity has stopped, new messages for it are buffered here and
 //! delivered to its next incarnation, so an entity never runs twice and no message is lost.
+//!
+//! Every entity has a bounded queue: at most `entities.queue_limit` requests wait for it (in its mailbox, or here
+//! while it passivates); beyond that a request is answered `RESOURCE_EXHAUSTED` at once, so a hot entity never
+//! grows an unbounded backlog.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, warn};
 
+use super::CommandError;
 use super::entity::{EntityActor, EntityArgs, EntityMessage, EntitySettings};
 
 pub struct ShardActor;
@@ -60,6 +67,8 @@ pub struct ShardState {
 struct Live {
     actor: ActorRef<EntityMessage>,
     last_message: Instant,
+    /// Requests sent to the entity that it has not taken up yet (it counts them down).
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Actor for ShardActor {
@@ -135,15 +144,28 @@ impl Actor for ShardActor {
 }
 
 impl ShardState {
+    /// Hands `message` to its entity, starting the entity if needed. A request beyond `queue_limit` waiting
+    /// for the entity (or for its passivation to end) is answered `RESOURCE_EXHAUSTED` instead of queued.
     async fn deliver(&mut self, myself: &ActorRef<ShardMessage>, entity_id: String, message: EntityMessage) {
+        let limit = self.settings.queue_limit;
         if let Some(buffer) = self.passivating.get_mut(&entity_id) {
-            buffer.push(message);
+            if buffer.len() >= limit {
+                message.reply_err(CommandError::Overloaded { entity_id, limit });
+            } else {
+                buffer.push(message);
+            }
             return;
         }
         if let Some(live) = self.active.get_mut(&entity_id) {
             live.last_message = Instant::now();
+            if live.waiting.load(Ordering::Relaxed) >= limit {
+                message.reply_err(CommandError::Overloaded { entity_id, limit });
+                return;
+            }
+            live.waiting.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = live.actor.send_message(message) {
                 // The entity stopped on its own; its termination event will clean up. Answer the caller now.
+                live.waiting.fetch_sub(1, Ordering::Relaxed);
                 warn!(%entity_id, shard = self.shard, "entity mailbox closed");
                 if let ractor::MessagingErr::SendErr(message) = e {
                     message.fail("entity stopped before it could take the request");
@@ -152,12 +174,18 @@ impl ShardState {
             return;
         }
         self.enforce_limit(1);
-        let args = EntityArgs { entity_id: entity_id.clone(), shard: self.shard, settings: self.settings.clone() };
+        let waiting = Arc::new(AtomicUsize::new(1));
+        let args = EntityArgs {
+            entity_id: entity_id.clone(),
+            shard: self.shard,
+            settings: self.settings.clone(),
+            waiting: waiting.clone(),
+        };
         match Actor::spawn_linked(None, EntityActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), entity_id.clone());
                 let _ = actor.send_message(message);
-                self.active.insert(entity_id, Live { actor, last_message: Instant::now() });
+                self.active.insert(entity_id, Live { actor, last_message: Instant::now(), waiting });
             }
             Err(e) => message.fail(&format!("could not start entity: {e}")),
         }

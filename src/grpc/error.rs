@@ -15,6 +15,7 @@ impl From<CommandError> for Status {
             // CoS answers NOT_FOUND with no description.
             CommandError::NotFound => Status::not_found(""),
             CommandError::FailedPrecondition(message) => Status::failed_precondition(message),
+            error @ CommandError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
             CommandError::WrongHome { shard } => {
                 Status::unavailable(format!("shard {shard} is moving between nodes; try again"))
             }
@@ -88,5 +89,8 @@ mod tests {
         assert_eq!(Status::from(conflict).code(), Code::Aborted);
         assert_eq!(Status::from(persistence::Error::Unavailable("down".into())).code(), Code::Unavailable);
         assert_eq!(Status::from(CommandError::NotFound).message(), "");
+        let overloaded = Status::from(CommandError::Overloaded { entity_id: "e".into(), limit: 3 });
+        assert_eq!(overloaded.code(), Code::ResourceExhausted);
+        assert!(overloaded.message().contains("REGENT_ENTITY_QUEUE_LIMIT"), "{}", overloaded.message());
     }
 }
