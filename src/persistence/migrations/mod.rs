@@ -27,6 +27,7 @@ pub(crate) const POSTGRES: &[Migration] = migrations!("postgres":
     4 => "0004_read_sides",
     5 => "0005_cluster",
     6 => "0006_shard_allocations",
+    7 => "0007_journal_index_cleanup",
 );
 
 /// SQLite's migrations, in order.
@@ -37,6 +38,7 @@ pub(crate) const SQLITE: &[Migration] = migrations!("sqlite":
     4 => "0004_read_sides",
     5 => "0005_cluster",
     6 => "0006_shard_allocations",
+    7 => "0007_journal_index_cleanup",
 );
 
 #[cfg(test)]
