@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use tonic::Status;
 
 use crate::actors::read_side_supervisor::{ReadSideSupervisor, SupervisorArgs, SupervisorMessage};
-use crate::actors::region::{RegionArgs, RegionMessage, ShardRegion};
-use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, EntitySettings};
+use crate::actors::region::{LocalShards, RegionArgs, RegionMessage, ShardRegion};
+use crate::actors::{CommandEnvelope, EntityMessage, EntityReply, EntitySettings, ShardMessage, shard_of};
 use crate::cluster::runtime::ClusterRuntime;
 use crate::config::Config;
 use crate::config::read_sides::ReadSideSettings;
@@ -34,6 +33,8 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct EngineHandle {
     region: ActorRef<RegionMessage>,
+    /// The shards running here: a request for one of them skips the region's mailbox.
+    local_shards: Arc<LocalShards>,
     ask_timeout: Duration,
     /// How the node names itself in spans.
     node: Arc<str>,
@@ -93,6 +94,7 @@ impl Engine {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        let local_shards = Arc::new(LocalShards::new(num_shards));
         let args = RegionArgs {
             num_shards,
             settings,
@@ -101,6 +103,7 @@ impl Engine {
                 .then_some(config.entities.active_entity_limit),
             cluster: cluster.map(ClusterRuntime::context),
             read_sides: read_side_supervisor.clone(),
+            local_shards: local_shards.clone(),
         };
         let (region, _) = Actor::spawn(None, ShardRegion, args).await?;
         if let Some(cluster) = cluster {
@@ -108,6 +111,7 @@ impl Engine {
         }
         let handle = EngineHandle {
             region,
+            local_shards,
             ask_timeout: Duration::from_secs(config.entities.command_handler_timeout_secs),
             node: node.clone(),
         };
@@ -182,19 +186,33 @@ impl EngineHandle {
         message: impl FnOnce(ractor::RpcReplyPort<EntityReply>) -> EntityMessage,
     ) -> Result<StateWrapper, Status> {
         let id = entity_id.clone();
-        let call = self
-            .region
-            .call(|reply| RegionMessage::Route { entity_id, message: message(reply) }, Some(self.ask_timeout))
-            .await;
-        match call {
-            Ok(CallResult::Success(reply)) => reply.map_err(Status::from),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let message = message(reply.into());
+        // Straight to the shard when it runs here; through the region (which knows where it lives) otherwise.
+        let shard = shard_of(&entity_id, self.local_shards.num_shards());
+        let message = match self.local_shards.get(shard) {
+            Some(actor) => match actor.send_message(ShardMessage::Deliver { entity_id, message }) {
+                Ok(()) => None,
+                Err(ractor::MessagingErr::SendErr(ShardMessage::Deliver { entity_id, message })) => {
+                    Some((entity_id, message))
+                }
+                Err(_) => return Err(Status::unavailable(format!("shard {shard} is restarting; try again"))),
+            },
+            None => Some((entity_id, message)),
+        };
+        if let Some((entity_id, message)) = message
+            && self.region.send_message(RegionMessage::Route { entity_id, message }).is_err()
+        {
+            return Err(Status::unavailable("the node is shutting down"));
+        }
+        match tokio::time::timeout(self.ask_timeout, answer).await {
+            Ok(Ok(reply)) => reply.map_err(Status::from),
             // As CoS: an ask timeout is INTERNAL. The command may still complete after this answer.
-            Ok(CallResult::Timeout) => Err(Status::internal(format!(
+            Err(_) => Err(Status::internal(format!(
                 "Ask timed out on entity {id:?} after {} ms (COS_COMMAND_HANDLER_TIMEOUT); the command may still be applied",
                 self.ask_timeout.as_millis()
             ))),
-            Ok(CallResult::SenderError) => Err(Status::unavailable(format!("entity {id:?} stopped before replying"))),
-            Err(_) => Err(Status::unavailable("the node is shutting down")),
+            Ok(Err(_)) => Err(Status::unavailable(format!("entity {id:?} stopped before replying"))),
         }
     }
 }

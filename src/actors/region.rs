@@ -10,7 +10,7 @@
 //! sender asks again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -30,6 +30,45 @@ const LOOKUP_RETRY: Duration = Duration::from_millis(200);
 const MAX_REROUTES: u8 = 5;
 
 pub struct ShardRegion;
+
+/// The shards hosted here, as the region publishes them: callers on this node send a request straight to its
+/// shard when it is listed, and through the region otherwise (first use, a remote or unknown home, a hand-off).
+/// The region lists a shard once its actor runs here and unlists it before it stops hosting it, so a request sent
+/// straight to a listed shard is one the region would have delivered there too.
+pub struct LocalShards {
+    num_shards: u32,
+    shards: RwLock<Vec<Option<ActorRef<ShardMessage>>>>,
+}
+
+impl LocalShards {
+    pub fn new(num_shards: u32) -> LocalShards {
+        LocalShards { num_shards, shards: RwLock::new(vec![None; num_shards as usize]) }
+    }
+
+    pub fn num_shards(&self) -> u32 {
+        self.num_shards
+    }
+
+    /// The actor of `shard` if it is hosted here and running.
+    pub fn get(&self, shard: u32) -> Option<ActorRef<ShardMessage>> {
+        self.shards.read().unwrap_or_else(|e| e.into_inner()).get(shard as usize).cloned().flatten()
+    }
+
+    fn set(&self, shard: u32, actor: Option<ActorRef<ShardMessage>>) {
+        if let Some(slot) = self.shards.write().unwrap_or_else(|e| e.into_inner()).get_mut(shard as usize) {
+            *slot = actor;
+        }
+    }
+
+    /// Unlists `shard` if `actor` is the one listed.
+    fn unset_if(&self, shard: u32, actor: &ActorId) {
+        if let Some(slot) = self.shards.write().unwrap_or_else(|e| e.into_inner()).get_mut(shard as usize)
+            && slot.as_ref().is_some_and(|a| a.get_id() == *actor)
+        {
+            *slot = None;
+        }
+    }
+}
 
 #[derive(ractor_cluster::RactorMessage)]
 pub enum RegionMessage {
@@ -65,6 +104,8 @@ pub struct RegionArgs {
     pub cluster: Option<Arc<ClusterContext>>,
     /// The read sides, whose processors follow the shards hosted here (in a cluster).
     pub read_sides: Option<ActorRef<SupervisorMessage>>,
+    /// Where the region lists the shards running here, for callers to reach them without the region's hop.
+    pub local_shards: Arc<LocalShards>,
 }
 
 /// Where a shard lives, as this region knows it.
@@ -204,11 +245,12 @@ impl Actor for ShardRegion {
             }
             _ => return Ok(()),
         };
-        if let Some(shard) = state.by_actor.remove(&cell.get_id())
-            && state.shards.get(&shard).is_some_and(|a| a.get_id() == cell.get_id())
-        {
-            state.shards.remove(&shard);
-            state.share_limit();
+        if let Some(shard) = state.by_actor.remove(&cell.get_id()) {
+            state.args.local_shards.unset_if(shard, &cell.get_id());
+            if state.shards.get(&shard).is_some_and(|a| a.get_id() == cell.get_id()) {
+                state.shards.remove(&shard);
+                state.share_limit();
+            }
         }
         Ok(())
     }
@@ -343,6 +385,7 @@ impl RegionState {
                     Ok((actor, _)) => {
                         self.by_actor.insert(actor.get_id(), shard);
                         self.shards.insert(shard, actor.clone());
+                        self.args.local_shards.set(shard, Some(actor.clone()));
                         self.share_limit();
                         actor
                     }
@@ -356,6 +399,7 @@ impl RegionState {
         if let Err(e) = actor.send_message(ShardMessage::Deliver { entity_id, message }) {
             // The shard is stopping; its termination event removes it and the next message restarts it.
             self.shards.remove(&shard);
+            self.args.local_shards.set(shard, None);
             if let ractor::MessagingErr::SendErr(ShardMessage::Deliver { message, .. }) = e {
                 message.fail(&format!("shard {shard} is restarting"));
             }
@@ -381,6 +425,7 @@ impl RegionState {
     /// Stops the shard's entities (each finishes what it is processing) and the shard, then replies. Requests
     /// arriving meanwhile wait for the shard's new home.
     fn hand_off(&mut self, myself: &ActorRef<RegionMessage>, shard: u32, reply: RpcReplyPort<()>) {
+        self.args.local_shards.set(shard, None);
         if matches!(self.homes.get(&shard), Some(Home::Local)) {
             self.homes.insert(shard, Home::Unknown { buffer: Vec::new(), asking: false });
             self.schedule_retry(myself);
