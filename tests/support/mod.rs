@@ -15,6 +15,7 @@ pub mod history;
 pub mod load;
 pub mod nodes;
 pub mod pg;
+pub mod private_pg;
 pub mod read_handler;
 pub mod report;
 
