@@ -88,6 +88,11 @@ async fn finish(
     journal: Vec<JournalEvent>,
     notes: Vec<String>,
 ) {
+    if std::env::var_os("PG_FAULTS_DEBUG").is_some() {
+        for a in history.attempts.iter().filter(|a| a.acked().is_none()) {
+            eprintln!("{} {} {:.1}→{:.1} {:?}", a.entity, a.op, support::history::ms(a.sent), support::history::ms(a.done), a.outcome);
+        }
+    }
     let report = cluster.check_journal(history, journal).await;
     let mut result = ScenarioResult::new(scenario, test, history, &report);
     for note in notes {
