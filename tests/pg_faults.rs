@@ -160,6 +160,64 @@ async fn pg_restart_immediate_under_load() {
     cluster.finish().await;
 }
 
+/// Scenario 8 on a 3-node cluster (production lease TTL, 10 s): a cluster member that cannot renew its lease for
+/// TTL − margin stops and exits by design, so a restart shorter than that must leave every member up, its pool and
+/// its lease keeper reconnected, and the journal fenced writes consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_restart_immediate_under_load_in_a_cluster() {
+    let private = PrivatePg::start().await;
+    let mut options = ClusterOptions { num_shards: NUM_SHARDS, ..ClusterOptions::default() };
+    options.env.push(("REGENT_CLUSTER_LEASE_TTL_MS".into(), "10000".into()));
+    let mut cluster = Cluster::new(options).await;
+    cluster.pg = private.config();
+    let first = cluster.spec(1);
+    cluster.launch(first).await;
+    cluster.wait_ready("n1").await;
+    for k in 2..=3 {
+        let spec = cluster.spec(k);
+        cluster.launch(spec).await;
+    }
+    cluster.wait_ready("n2").await;
+    cluster.wait_ready("n3").await;
+    cluster.wait_formed(&["n1", "n2", "n3"]).await;
+    let pids: Vec<u32> = ["n1", "n2", "n3"].iter().map(|n| cluster.pid(n)).collect();
+    let load = Load::start(cluster.client(), LoadOptions::new(6, 24));
+    load.wait_acks(100, PATIENCE).await;
+
+    let crash = Instant::now();
+    private.restart_immediate().await;
+    let back = Instant::now();
+    let probe = load.client.clone();
+    let entity = load.options.entities[0].clone();
+    let recovered = support::eventually("a command acked after the restart", PATIENCE, || {
+        let (probe, entity) = (probe.clone(), entity.clone());
+        async move { probe.command(&entity, single(Duration::from_secs(4))).await.acked().is_some().then(Instant::now) }
+    })
+    .await;
+    load.wait_acks(150, PATIENCE).await;
+    // Long enough after the restart for a member that missed its renewals to have fenced itself.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(back.elapsed())).await;
+    let history = load.stop().await;
+    for (name, pid) in ["n1", "n2", "n3"].iter().zip(&pids) {
+        cluster.assert_running(name);
+        assert_eq!(cluster.pid(name), *pid, "{name} was not restarted");
+    }
+    cluster.wait_formed(&["n1", "n2", "n3"]).await;
+    for node in ["n1", "n2", "n3"] {
+        assert!(history.acked().any(|a| a.node == node && a.sent > back), "no ack through {node} after the restart");
+    }
+    let during: Vec<Attempt> =
+        history.attempts.iter().filter(|a| a.done >= crash && a.sent <= back).cloned().collect();
+    let journal = read_journal_from(&private.connect().await, &cluster.pg.schema).await;
+    let notes = vec![
+        format!("3 nodes, lease TTL 10 s; restart took {} ms", millis(back - crash)),
+        format!("first ack {} ms after the server was back; every member stayed up", millis(recovered.saturating_duration_since(back))),
+        format!("{} attempts overlapped the restart: {} failed, {} acked", during.len(), during.len() - acked(&during), acked(&during)),
+    ];
+    finish(&mut cluster, "8", "pg_restart_immediate_under_load_in_a_cluster", &history, journal, notes).await;
+    cluster.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 9: PostgreSQL down for a while
 
@@ -394,16 +452,7 @@ async fn pg_terminate_backend_while_the_insert_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_commit_reply_lost_after_commit() {
     let mut cluster = Cluster::new(standalone(ClusterOptions::default())).await;
-    let pg = support::pg::fresh_postgres_config();
-    let upstream: SocketAddr = tokio::net::lookup_host((pg.host.as_str(), pg.port))
-        .await
-        .expect("resolve the test server")
-        .next()
-        .expect("an address for the test server");
-    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let link = cluster.proxy.add_link("pg", localhost, SocketAddr::new(localhost, 0), upstream).await.unwrap();
-    let via_proxy = PostgresConfig { host: link.ip().to_string(), port: link.port(), ..pg.clone() };
-    start_node(&mut cluster, via_proxy).await;
+    let pg = start_node_behind_proxy(&mut cluster).await;
     let client = cluster.client();
     let entity = "ambiguous".to_string();
     warm_up(&client, &entity, 3).await;
@@ -442,6 +491,79 @@ async fn ambiguous_commit_reply_lost_after_commit() {
     cluster.finish().await;
 }
 
+/// A standalone node reaching the shared test server through the cluster's fault proxy (link `pg`).
+async fn start_node_behind_proxy(cluster: &mut Cluster) -> PostgresConfig {
+    let pg = support::pg::fresh_postgres_config();
+    let upstream: SocketAddr = tokio::net::lookup_host((pg.host.as_str(), pg.port))
+        .await
+        .expect("resolve the test server")
+        .next()
+        .expect("an address for the test server");
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let link = cluster.proxy.add_link("pg", localhost, SocketAddr::new(localhost, 0), upstream).await.unwrap();
+    let via_proxy = PostgresConfig { host: link.ip().to_string(), port: link.port(), ..pg.clone() };
+    start_node(cluster, via_proxy).await;
+    pg
+}
+
+/// Scenario 10, the link variant: the node↔PostgreSQL link is blackholed (the proxy holds every byte, both ways,
+/// as a partition does) for 8 s under load, then every connection is reset (as TCP keepalive or a retransmission
+/// timeout would end them) and the link heals. Nothing sent during the cut is acked; the node serves again
+/// without a restart; the history checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_link_blackholed_then_reset() {
+    let mut cluster = Cluster::new(standalone(ClusterOptions::default())).await;
+    let pg = start_node_behind_proxy(&mut cluster).await;
+    let pid = cluster.pid(NODE);
+    let load = Load::start(cluster.client(), LoadOptions::new(6, 24));
+    load.wait_acks(100, PATIENCE).await;
+    let rss_before = rss_kib(pid);
+
+    cluster.proxy.block_all_to("pg");
+    let cut = Instant::now();
+    let mut rss_max = rss_before;
+    while cut.elapsed() < Duration::from_secs(8) {
+        rss_max = rss_max.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.proxy.reset_connections("pg");
+    cluster.proxy.heal();
+    let healed = Instant::now();
+    let probe = load.client.clone();
+    let entity = load.options.entities[0].clone();
+    let recovered = support::eventually("a command acked after the link healed", PATIENCE, || {
+        let (probe, entity) = (probe.clone(), entity.clone());
+        async move { probe.command(&entity, single(Duration::from_secs(4))).await.acked().is_some().then(Instant::now) }
+    })
+    .await;
+    load.wait_acks(100, PATIENCE).await;
+    let history = load.stop().await;
+    cluster.assert_running(NODE);
+    assert_eq!(cluster.pid(NODE), pid, "the node was not restarted");
+
+    // Every attempt sent during the cut and answered before the heal failed.
+    let during: Vec<Attempt> =
+        history.attempts.iter().filter(|a| a.sent >= cut && a.done <= healed).cloned().collect();
+    assert_eq!(acked(&during), 0, "acked while the link was cut:\n{}", history.summary());
+    assert!(!during.is_empty(), "no attempt completed during the cut");
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &during {
+        if let Outcome::Failed { code, message, .. } = &a.outcome {
+            let mut message = message.clone();
+            message.truncate(40);
+            *codes.entry(format!("{code:?} {message}")).or_default() += 1;
+        }
+    }
+    let journal = read_journal(&pg.schema).await;
+    let notes = vec![
+        format!("link cut 8 s: {} attempts answered during the cut, none OK: {codes:?}", during.len()),
+        format!("RSS {} MiB before, {} MiB max during", rss_before / 1024, rss_max / 1024),
+        format!("first ack {} ms after the reset and heal", millis(recovered.saturating_duration_since(healed))),
+    ];
+    finish(&mut cluster, "10", "pg_link_blackholed_then_reset", &history, journal, notes).await;
+    cluster.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 19: clients cancel mid-command
 
@@ -462,7 +584,7 @@ fn passivating_entities(tree: &serde_json::Value, out: &mut Vec<String>) {
 /// Scenario 19: 4 entities, each taking 200 commands from clients that give up after 1 ms (the handler takes
 /// 20 ms a call, so most are cancelled mid-command: some before the node sees them, some with the entity busy,
 /// some after the write). Half cancel on the client side (the call is dropped: HTTP/2 RST_STREAM), half carry a
-/// 1 ms `grpc-timeout` the server enforces. Cancelled commands may persist (indeterminate); afterwards every
+/// `grpc-timeout` the server enforces (1 ms, or 25 ms to land inside the handler call). Cancelled commands may persist (indeterminate); afterwards every
 /// entity serves the next command, nothing is left buffered for it (`/actors`), and the history checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cancels_mid_command() {
@@ -481,7 +603,7 @@ async fn client_cancels_mid_command() {
         (0..400).map(|i| client.command(&entities[i % entities.len()], single(Duration::from_millis(1)))),
     )
     .await;
-    // Server-side deadline: `grpc-timeout: 1m`, no client-side timeout.
+    // Server-side deadline: `grpc-timeout` of 1 ms or 25 ms (mid-handler-call), no client-side timeout.
     let target = cluster.target(NODE);
     let mut deadline_attempts = Vec::new();
     let sent_all = futures::future::join_all((0..400).map(|i| {
@@ -493,7 +615,7 @@ async fn client_cancels_mid_command() {
                 entity_id: entity.clone(),
                 command: Some(op_any(&op)),
             });
-            request.set_timeout(Duration::from_millis(1));
+            request.set_timeout(Duration::from_millis(if i % 2 == 0 { 1 } else { 25 }));
             let sent = Instant::now();
             let reply = grpc.process_command(request).await;
             (entity, op, sent, Instant::now(), reply)
@@ -559,7 +681,7 @@ async fn client_cancels_mid_command() {
     assert!(failed_a + failed_b > 0, "no command was cancelled");
     let notes = vec![
         format!("client-side 1 ms cancel: {sent_a} sent, {failed_a} cancelled {codes_a:?}, {persisted_a} of them persisted"),
-        format!("grpc-timeout 1 ms: {sent_b} sent, {failed_b} failed {codes_b:?}, {persisted_b} of them persisted"),
+        format!("grpc-timeout 1 ms / 25 ms: {sent_b} sent, {failed_b} failed {codes_b:?}, {persisted_b} of them persisted"),
     ];
     finish(&mut cluster, "19", "client_cancels_mid_command", &history, journal, notes).await;
     cluster.finish().await;
