@@ -90,7 +90,14 @@ async fn finish(
 ) {
     if std::env::var_os("PG_FAULTS_DEBUG").is_some() {
         for a in history.attempts.iter().filter(|a| a.acked().is_none()) {
-            eprintln!("{} {} {:.1}→{:.1} {:?}", a.entity, a.op, support::history::ms(a.sent), support::history::ms(a.done), a.outcome);
+            eprintln!(
+                "{} {} {:.1}→{:.1} {:?}",
+                a.entity,
+                a.op,
+                support::history::ms(a.sent),
+                support::history::ms(a.done),
+                a.outcome
+            );
         }
     }
     let report = cluster.check_journal(history, journal).await;
@@ -141,8 +148,7 @@ async fn pg_restart_immediate_under_load() {
     cluster.assert_running(NODE);
     assert_eq!(cluster.pid(NODE), pid, "the node was not restarted");
 
-    let during: Vec<Attempt> =
-        history.attempts.iter().filter(|a| a.done >= crash && a.sent <= back).cloned().collect();
+    let during: Vec<Attempt> = history.attempts.iter().filter(|a| a.done >= crash && a.sent <= back).cloned().collect();
     let failed_during = during.len() - acked(&during);
     assert!(
         failed_during > 0,
@@ -206,13 +212,20 @@ async fn pg_restart_immediate_under_load_in_a_cluster() {
     for node in ["n1", "n2", "n3"] {
         assert!(history.acked().any(|a| a.node == node && a.sent > back), "no ack through {node} after the restart");
     }
-    let during: Vec<Attempt> =
-        history.attempts.iter().filter(|a| a.done >= crash && a.sent <= back).cloned().collect();
+    let during: Vec<Attempt> = history.attempts.iter().filter(|a| a.done >= crash && a.sent <= back).cloned().collect();
     let journal = read_journal_from(&private.connect().await, &cluster.pg.schema).await;
     let notes = vec![
         format!("3 nodes, lease TTL 10 s; restart took {} ms", millis(back - crash)),
-        format!("first ack {} ms after the server was back; every member stayed up", millis(recovered.saturating_duration_since(back))),
-        format!("{} attempts overlapped the restart: {} failed, {} acked", during.len(), during.len() - acked(&during), acked(&during)),
+        format!(
+            "first ack {} ms after the server was back; every member stayed up",
+            millis(recovered.saturating_duration_since(back))
+        ),
+        format!(
+            "{} attempts overlapped the restart: {} failed, {} acked",
+            during.len(),
+            during.len() - acked(&during),
+            acked(&during)
+        ),
     ];
     finish(&mut cluster, "8", "pg_restart_immediate_under_load_in_a_cluster", &history, journal, notes).await;
     cluster.finish().await;
@@ -258,12 +271,10 @@ async fn pg_down_under_load(test: &str, outage: Duration) {
         rss_max = rss_max.max(rss_kib(pid));
         if burst.is_none() && down.elapsed() >= outage / 2 {
             let started = Instant::now();
-            let outcomes = futures::future::join_all(
-                (0..200).map(|i| {
-                    let (probe, entity) = (probe.clone(), format!("burst-{}", i % 50));
-                    async move { probe.command(&entity, single(Duration::from_secs(20))).await }
-                }),
-            )
+            let outcomes = futures::future::join_all((0..200).map(|i| {
+                let (probe, entity) = (probe.clone(), format!("burst-{}", i % 50));
+                async move { probe.command(&entity, single(Duration::from_secs(20))).await }
+            }))
             .await;
             let ok = outcomes.iter().filter(|a| a.acked().is_some()).count();
             burst = Some((started.elapsed(), outcomes.len(), ok));
@@ -346,13 +357,26 @@ async fn pg_down_under_load(test: &str, outage: Duration) {
     reader.stop().await;
 
     let notes = vec![
-        format!("outage {} ms, {} probes: all UNAVAILABLE, median {} ms, slowest {} ms", millis(outage), probes.len(),
-            millis(median), millis(slowest)),
+        format!(
+            "outage {} ms, {} probes: all UNAVAILABLE, median {} ms, slowest {} ms",
+            millis(outage),
+            probes.len(),
+            millis(median),
+            millis(slowest)
+        ),
         format!("burst of {burst_count} concurrent commands mid-outage: all failed, in {} ms", millis(burst_took)),
-        format!("RSS {} MiB before, {} MiB max during, {} MiB after", rss_before / 1024, rss_max / 1024, rss_after / 1024),
+        format!(
+            "RSS {} MiB before, {} MiB max during, {} MiB after",
+            rss_before / 1024,
+            rss_max / 1024,
+            rss_after / 1024
+        ),
         format!("first ack {} ms after the server was back", millis(recovered.saturating_duration_since(back))),
-        format!("read side: {} events delivered for {} journal rows ({duplicates} redelivered)", delivered.len(),
-            journal.len()),
+        format!(
+            "read side: {} events delivered for {} journal rows ({duplicates} redelivered)",
+            delivered.len(),
+            journal.len()
+        ),
     ];
     finish(&mut cluster, "9", test, &history, journal, notes).await;
     cluster.finish().await;
@@ -542,8 +566,7 @@ async fn pg_link_blackholed_then_reset() {
     assert_eq!(cluster.pid(NODE), pid, "the node was not restarted");
 
     // Every attempt sent during the cut and answered before the heal failed.
-    let during: Vec<Attempt> =
-        history.attempts.iter().filter(|a| a.sent >= cut && a.done <= healed).cloned().collect();
+    let during: Vec<Attempt> = history.attempts.iter().filter(|a| a.sent >= cut && a.done <= healed).cloned().collect();
     assert_eq!(acked(&during), 0, "acked while the link was cut:\n{}", history.summary());
     assert!(!during.is_empty(), "no attempt completed during the cut");
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
@@ -680,8 +703,12 @@ async fn client_cancels_mid_command() {
     let (sent_b, failed_b, persisted_b, codes_b) = cancelled(&deadline_attempts);
     assert!(failed_a + failed_b > 0, "no command was cancelled");
     let notes = vec![
-        format!("client-side 1 ms cancel: {sent_a} sent, {failed_a} cancelled {codes_a:?}, {persisted_a} of them persisted"),
-        format!("grpc-timeout 1 ms / 25 ms: {sent_b} sent, {failed_b} failed {codes_b:?}, {persisted_b} of them persisted"),
+        format!(
+            "client-side 1 ms cancel: {sent_a} sent, {failed_a} cancelled {codes_a:?}, {persisted_a} of them persisted"
+        ),
+        format!(
+            "grpc-timeout 1 ms / 25 ms: {sent_b} sent, {failed_b} failed {codes_b:?}, {persisted_b} of them persisted"
+        ),
     ];
     finish(&mut cluster, "19", "client_cancels_mid_command", &history, journal, notes).await;
     cluster.finish().await;

@@ -51,7 +51,7 @@ impl Rules {
 
     /// Whether bytes flow on a connection opened by `from` towards `to`, the `way` given.
     fn passes(&self, from: &str, to: &str, way: Way) -> bool {
-        !self.blocks(from, to) && !(way == Way::Reply && self.held_replies.contains(to))
+        !self.blocks(from, to) && (way == Way::Request || !self.held_replies.contains(to))
     }
 
     fn resets_of(&self, to: &str) -> u64 {

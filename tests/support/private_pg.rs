@@ -143,7 +143,10 @@ impl PrivatePg {
     /// `pg_ctl restart -m immediate`, then waits until it accepts connections again.
     pub async fn restart_immediate(&self) {
         let (data, log, options) = (self.data(), self.log(), self.server_options());
-        self.run_ok("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-m", "immediate", "-o", &options, "restart"]);
+        self.run_ok(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "-m", "immediate", "-o", &options, "restart"],
+        );
         self.wait_accepting().await;
     }
 
