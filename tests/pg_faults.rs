@@ -818,3 +818,60 @@ async fn read_side_delivers_an_event_whose_transaction_commits_late() {
         .await;
     cluster.finish().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// the harness's own test (no PostgreSQL)
+
+/// The proxy faults this file adds: `hold_replies` lets requests reach the server and holds its answers;
+/// `reset_connections` closes the open connections (held bytes dropped) and leaves later ones alone.
+#[tokio::test]
+async fn fault_proxy_holds_replies_and_resets_connections() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let listener = tokio::net::TcpListener::bind((localhost, 0)).await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let seen = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = socket.read(&mut buffer).await {
+                    seen.lock().unwrap().extend_from_slice(&buffer[..n]);
+                    if n == 0 || socket.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut proxy = support::fault_proxy::FaultProxy::new();
+    let link = proxy.add_link("srv", localhost, SocketAddr::new(localhost, 0), server).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(link).await.unwrap();
+    let mut buffer = [0u8; 16];
+    client.write_all(b"a").await.unwrap();
+    assert_eq!(client.read(&mut buffer).await.unwrap(), 1);
+
+    proxy.hold_replies("srv");
+    client.write_all(b"b").await.unwrap();
+    support::eventually("the request reaches the server", Duration::from_secs(5), || {
+        let received = received.clone();
+        async move { (received.lock().unwrap().as_slice() == b"ab").then_some(()) }
+    })
+    .await;
+    let silent = tokio::time::timeout(Duration::from_millis(300), client.read(&mut buffer)).await;
+    assert!(silent.is_err(), "the reply came through: {silent:?}");
+
+    proxy.reset_connections("srv");
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection was not closed: {closed:?}");
+
+    proxy.heal();
+    let mut later = tokio::net::TcpStream::connect(link).await.unwrap();
+    later.write_all(b"c").await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), later.read(&mut buffer)).await;
+    assert!(matches!(echoed, Ok(Ok(1))), "a later connection flows: {echoed:?}");
+}
