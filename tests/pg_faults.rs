@@ -42,6 +42,10 @@ use support::report::ScenarioResult;
 const NODE: &str = "n1";
 const NUM_SHARDS: u32 = 16;
 const PATIENCE: Duration = Duration::from_secs(30);
+/// The cluster tests' lease: a member fences itself after TTL − margin without a renewal, and the last renewal may
+/// be TTL/3 old when the database goes, so with 20 s an outage of about 10 s is survived (at the default 10 s,
+/// about 5 s: a 5 s outage plus the time PostgreSQL takes to start would be too close).
+const CLUSTER_LEASE_TTL: Duration = Duration::from_secs(20);
 
 /// One attempt, no retry.
 fn single(timeout: Duration) -> RetryPolicy {
@@ -185,7 +189,7 @@ async fn pg_restart_immediate_under_load() {
 async fn pg_fault_in_a_cluster(test: &str, scenario: &str, outage: Option<Duration>) {
     let private = PrivatePg::start().await;
     let mut options = ClusterOptions { num_shards: NUM_SHARDS, ..ClusterOptions::default() };
-    options.env.push(("REGENT_CLUSTER_LEASE_TTL_MS".into(), "20000".into()));
+    options.env.push(("REGENT_CLUSTER_LEASE_TTL_MS".into(), CLUSTER_LEASE_TTL.as_millis().to_string()));
     let mut cluster = Cluster::new(options).await;
     cluster.pg = private.config();
     let first = cluster.spec(1);
