@@ -677,23 +677,31 @@ async fn client_cancels_mid_command() {
     // Server-side deadline: `grpc-timeout` of 1 ms or 25 ms (mid-handler-call), no client-side timeout.
     let target = cluster.target(NODE);
     let mut deadline_attempts = Vec::new();
-    let sent_all = futures::future::join_all((0..400).map(|i| {
+    // One stream of 100 per entity, one request at a time: a burst of 400 would mostly expire before reaching the
+    // service; one at a time, the 25 ms deadline lands while the entity is in its 20 ms handler call or writing.
+    let streams = futures::future::join_all(entities.iter().enumerate().map(|(k, entity)| {
         let mut grpc = target.client.clone();
-        let entity = entities[i % entities.len()].clone();
+        let entity = entity.clone();
         async move {
-            let op = format!("deadline-{i}");
-            let mut request = tonic::Request::new(regent::proto::chief_of_state::v1::ProcessCommandRequest {
-                entity_id: entity.clone(),
-                command: Some(op_any(&op)),
-            });
-            request.set_timeout(Duration::from_millis(if i % 2 == 0 { 1 } else { 25 }));
-            let sent = Instant::now();
-            let reply = grpc.process_command(request).await;
-            (entity, op, sent, Instant::now(), reply)
+            let mut outcomes = Vec::new();
+            for j in 0..100 {
+                let i = k * 100 + j;
+                let op = format!("deadline-{i}");
+                let mut request = tonic::Request::new(regent::proto::chief_of_state::v1::ProcessCommandRequest {
+                    entity_id: entity.clone(),
+                    command: Some(op_any(&op)),
+                });
+                request.set_timeout(Duration::from_millis(if i % 2 == 0 { 1 } else { 25 }));
+                let sent = Instant::now();
+                let reply = grpc.process_command(request).await;
+                outcomes.push((entity.clone(), op, sent, Instant::now(), reply));
+            }
+            outcomes
         }
     }))
     .await;
-    for (i, (entity, op, sent, done, reply)) in sent_all.into_iter().enumerate() {
+    let sent_all = streams.into_iter().flatten();
+    for (i, (entity, op, sent, done, reply)) in sent_all.enumerate() {
         let outcome = match reply {
             Ok(reply) => {
                 let reply = reply.into_inner();
