@@ -5,9 +5,9 @@
 //!
 //! | # | test | database |
 //! |---|---|---|
-//! | 8 | `pg_restart_immediate_under_load` | private server, `pg_ctl restart -m immediate` |
-//! | 9 | `pg_down_for_a_while_under_load` (8 s); `pg_down_30_s_under_load` (`#[ignore]`, the spec's 30 s) | private server, `pg_ctl stop` / `start` |
-//! | 10 | `pg_terminate_backend_while_the_insert_waits`, `ambiguous_commit_reply_lost_after_commit` | shared server; the second through a TCP fault proxy |
+//! | 8 | `pg_restart_immediate_under_load`, `pg_restart_immediate_under_load_in_a_cluster` (3 nodes) | private server, `pg_ctl restart -m immediate` |
+//! | 9 | `pg_down_for_a_while_under_load` (8 s), `pg_down_5_s_under_load_in_a_cluster`; `pg_down_30_s_under_load` (`#[ignore]`, the spec's 30 s) | private server, `pg_ctl stop` / `start` |
+//! | 10 | `pg_terminate_backend_while_the_insert_waits`, `ambiguous_commit_reply_lost_after_commit`, `pg_link_blackholed_then_reset` | shared server; the last two through a TCP fault proxy |
 //! | 19 | `client_cancels_mid_command` | shared server |
 //! | 22 | `read_side_delivers_an_event_whose_transaction_commits_late` | shared server |
 //!
@@ -18,7 +18,8 @@
 //! Run: `REGENT_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:55440/postgres cargo test --test pg_faults`
 //! (needs the PostgreSQL binaries under `/usr/lib/postgresql/*/bin`, as `scripts/pg.sh` installs them).
 //! The long outage: `... cargo test --test pg_faults -- --ignored --nocapture pg_down_30_s_under_load`.
-//! `--nocapture` prints each run's figures (failure latencies, recovery time, RSS).
+//! `--nocapture` prints each run's figures (failure latencies, recovery time, RSS); `PG_FAULTS_DEBUG=1` also every
+//! attempt that was not acked. Results and findings: `docs/reliability-pg.md`.
 
 mod common;
 mod support;
