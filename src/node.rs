@@ -88,6 +88,9 @@ impl Node {
         )?;
         if let Some(cluster) = &cluster {
             handler = handler.identified_as(&cluster.member().node);
+        } else if !config.cluster.node_name.is_empty() {
+            // A node alone names itself too when it was given a name (`REGENT_NODE_NAME`).
+            handler = handler.identified_as(&config.cluster.node_name);
         }
         let engine = Engine::start_in(&config, Arc::new(handler), read_sides, cluster.as_ref()).await?;
 

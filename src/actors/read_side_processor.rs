@@ -124,6 +124,9 @@ pub struct ProcessorState {
     buffer: VecDeque<JournalRow>,
     /// Failed attempts at the front row.
     attempts: u32,
+    /// The front row's cursor once the handler took it but storing its offset failed: the retry stores the
+    /// offset without handling the row again.
+    handled_unsaved: Option<Cursor>,
     /// No work before this instant (replay backoff, store trouble).
     not_before: Option<Instant>,
     /// A wake-up task is pending.
@@ -158,6 +161,7 @@ impl Actor for ReadSideProcessor {
             status: if offset.paused { ProcessorStatus::Paused } else { ProcessorStatus::Running },
             buffer: VecDeque::new(),
             attempts: 0,
+            handled_unsaved: None,
             not_before: None,
             waiting: false,
             delivered: 0,
@@ -202,6 +206,7 @@ impl Actor for ReadSideProcessor {
                 if outcome.is_ok() {
                     state.cursor = Cursor::default();
                     state.buffer.clear();
+                    state.handled_unsaved = None;
                     state.unstick();
                     info!(read_side = %state.settings.id, shard = state.shard, "read side restarted from the beginning");
                     let _ = myself.send_message(ProcessorMessage::Poll);
@@ -265,14 +270,17 @@ impl ProcessorState {
             self.wait_for_events(myself);
             return;
         };
-        match self.deliver(&row).await {
+        let delivered = if self.handled_unsaved == Some(row.cursor) { Ok(()) } else { self.deliver(&row).await };
+        match delivered {
             Ok(()) => {
                 if let Err(e) = self.store.save_cursor(&self.settings.id, self.shard, row.cursor).await {
-                    // Delivered but not recorded: it will be delivered again (at least once).
+                    // Handled but not recorded: retry the save only (a restart of the node would deliver it again).
                     warn!(read_side = %self.settings.id, shard = self.shard, error = %e, "cannot store the offset");
+                    self.handled_unsaved = Some(row.cursor);
                     self.retry_after(myself, RETRY_BASE * 5);
                     return;
                 }
+                self.handled_unsaved = None;
                 self.cursor = row.cursor;
                 self.buffer.pop_front();
                 self.pending_since = None;
@@ -338,6 +346,7 @@ impl ProcessorState {
         info!(read_side = %self.settings.id, shard = self.shard, ordering = row.cursor.ordering, "event skipped");
         self.cursor = row.cursor;
         self.buffer.clear();
+        self.handled_unsaved = None;
         self.unstick();
         Ok(())
     }

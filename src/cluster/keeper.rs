@@ -61,15 +61,21 @@ pub struct KeeperOptions {
 }
 
 impl KeeperOptions {
-    /// Renewals every `ttl / 3`, a margin of `ttl / 10` (at least 50 ms), backoff from 50 ms up to `ttl / 3`.
+    /// Renewals every `ttl / 3`, a margin of `ttl / 10` (at least 50 ms), backoff from 50 ms up to `ttl / 12`.
+    ///
+    /// The backoff stays short because the keeper fences the node `ttl - margin` after the last renewal, which may
+    /// have been up to `ttl / 3` before the database went away: with retries `ttl / 3` apart, a retry could fall
+    /// after the deadline and fence a node whose database was back (a 4 s `pg_ctl restart` fenced members at the
+    /// default 10 s TTL, `tests/pg_faults.rs`). With `ttl / 12`, an outage of up to about `ttl / 2` is survived.
     pub fn new(ttl: Duration) -> Self {
         let renew_interval = ttl / 3;
+        let backoff_max = ttl / 12;
         Self {
             ttl,
             margin: (ttl / 10).max(Duration::from_millis(50)).min(ttl / 2),
             renew_interval,
-            backoff_min: Duration::from_millis(50).min(renew_interval),
-            backoff_max: renew_interval,
+            backoff_min: Duration::from_millis(50).min(backoff_max),
+            backoff_max,
         }
     }
 
@@ -298,6 +304,11 @@ mod tests {
         let short = KeeperOptions::new(Duration::from_millis(300));
         assert_eq!(short.margin, Duration::from_millis(50));
         assert!(short.backoff_min <= short.backoff_max);
+        // Retries stay close enough together that one lands before the fencing deadline once the database is
+        // back: the deadline is `trust()` after a renewal made up to `renew_interval` before the outage.
+        let default = KeeperOptions::new(Duration::from_secs(10));
+        assert!(default.backoff_max < Duration::from_millis(850), "{:?}", default.backoff_max);
+        assert!(default.trust() - default.renew_interval - default.backoff_max >= Duration::from_secs(4));
     }
 
     #[test]

@@ -665,6 +665,14 @@ impl Daemon {
             }
             Err(e) => {
                 warn!(error = %e, "cannot read the cluster membership");
+                // Keep pinging the members last seen: node-to-node failure detection must not depend on the
+                // database (without this, a database outage longer than the acceptable heartbeat pause made every
+                // member suspect every other one, and tear down its links, as soon as the database came back).
+                let last = self.context.view.read().expect("view lock").snapshot.clone();
+                if let Some(snapshot) = last {
+                    let linked = self.transport.connected().await;
+                    self.heartbeat(&snapshot, &linked, Instant::now()).await;
+                }
                 return;
             }
         };

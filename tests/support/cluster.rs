@@ -27,7 +27,7 @@ use regent::cluster::status::{ClusterStatus, MemberStatusView};
 use regent::config::PostgresConfig;
 
 use super::fault_proxy::FaultProxy;
-use super::history::{CheckInput, History, HistoryHandler, Report, check, read_journal};
+use super::history::{CheckInput, History, HistoryHandler, JournalEvent, Report, check, read_journal};
 use super::load::{ClusterClient, Target};
 
 /// Serialises the cluster tests of this process (see the module documentation).
@@ -478,6 +478,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of `name`.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.node(name).child.id()
+    }
+
     /// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to `name` with kill(1).
     pub fn signal(&mut self, name: &str, signal: &str) {
         let pid = self.node(name).child.id();
@@ -545,6 +550,11 @@ impl Cluster {
     /// Runs the checker: the journal, `GetState` of every entity through the running nodes, the registry.
     pub async fn check(&mut self, history: &History) -> Report {
         let journal = read_journal(&self.pg.schema).await;
+        self.check_journal(history, journal).await
+    }
+
+    /// [`check`](Self::check) over a journal read elsewhere (the nodes' database is not the shared test server).
+    pub async fn check_journal(&mut self, history: &History, journal: Vec<JournalEvent>) -> Report {
         let running = self.running();
         let reader = self.client_of(&running.iter().map(String::as_str).collect::<Vec<_>>());
         let mut entities = history.entities();

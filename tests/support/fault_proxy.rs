@@ -13,6 +13,11 @@
 //! existing one stops moving bytes. Nothing is reset and no byte is dropped, as in a real partition, where TCP keeps
 //! retransmitting: after [`FaultProxy::heal`] the held bytes are delivered (unless an end gave up and closed its
 //! socket meanwhile, which the proxy then passes on).
+//!
+//! Two more faults, for a link in front of a server such as PostgreSQL (`tests/pg_faults.rs`):
+//! [`FaultProxy::hold_replies`] holds only what the server sends back (requests still reach it: it executes, and
+//! commits, but nobody hears the answer), and [`FaultProxy::reset_connections`] closes every connection open
+//! towards a link at once, both ends, whatever they hold: with held replies, an ambiguous commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -32,6 +37,10 @@ pub const ANY: &str = "*";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     blocked: HashSet<(String, String)>,
+    /// Targets whose replies are held (their requests flow).
+    held_replies: HashSet<String>,
+    /// Per target, how many times its connections were reset: a connection opened under an older count closes.
+    resets: BTreeMap<String, u64>,
 }
 
 impl Rules {
@@ -39,6 +48,22 @@ impl Rules {
     pub fn blocks(&self, from: &str, to: &str) -> bool {
         self.blocked.contains(&(from.to_string(), to.to_string())) || self.blocked.contains(&(ANY.into(), to.into()))
     }
+
+    /// Whether bytes flow on a connection opened by `from` towards `to`, the `way` given.
+    fn passes(&self, from: &str, to: &str, way: Way) -> bool {
+        !self.blocks(from, to) && (way == Way::Request || !self.held_replies.contains(to))
+    }
+
+    fn resets_of(&self, to: &str) -> u64 {
+        self.resets.get(to).copied().unwrap_or(0)
+    }
+}
+
+/// Which way a pipe copies: what the initiator sends, or what the target answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Request,
+    Reply,
 }
 
 /// The proxy: one listening link per node, one set of rules for all of them. Dropping it closes everything.
@@ -125,9 +150,28 @@ impl FaultProxy {
         });
     }
 
+    /// Holds what `to` sends back on every connection towards it (what it receives still flows): `to` executes
+    /// the requests, nobody hears its answers. [`heal`](Self::heal) delivers them.
+    pub fn hold_replies(&self, to: &str) {
+        self.rules.send_modify(|rules| {
+            rules.held_replies.insert(to.to_string());
+        });
+    }
+
+    /// Closes every connection open towards `to` right now, both ends, dropping the bytes held for them; later
+    /// connections are not affected.
+    pub fn reset_connections(&self, to: &str) {
+        self.rules.send_modify(|rules| {
+            *rules.resets.entry(to.to_string()).or_default() += 1;
+        });
+    }
+
     /// Lifts every rule: held connections and bytes flow again.
     pub fn heal(&self) {
-        self.rules.send_modify(|rules| rules.blocked.clear());
+        self.rules.send_modify(|rules| {
+            rules.blocked.clear();
+            rules.held_replies.clear();
+        });
     }
 
     pub fn rules(&self) -> Rules {
@@ -177,7 +221,8 @@ impl Link {
                     let Ok((client, peer)) = accepted else { continue };
                     let from = self.sources.lock().unwrap().get(&peer.ip()).cloned().unwrap_or_else(|| peer.ip().to_string());
                     *self.seen.lock().unwrap().entry((from.clone(), self.target.clone())).or_default() += 1;
-                    let route = Route { from, to: self.target.clone() };
+                    let epoch = self.rules.borrow().resets_of(&self.target);
+                    let route = Route { from, to: self.target.clone(), epoch };
                     connections.spawn(serve(client, peer.ip(), route, self.upstream, self.rules.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -191,16 +236,35 @@ impl Link {
 struct Route {
     from: String,
     to: String,
+    /// The target's reset count when the connection was accepted.
+    epoch: u64,
+}
+
+/// Why a pipe stops waiting.
+enum Wake {
+    /// The awaited condition holds.
+    Ready,
+    /// The connection was reset ([`FaultProxy::reset_connections`]) or the proxy is gone: close it now.
+    Close,
 }
 
 impl Route {
-    /// Waits until the rules let this route through; `Err` once the proxy is gone.
-    async fn open(&self, rules: &mut watch::Receiver<Rules>) -> Result<(), watch::error::RecvError> {
-        rules.wait_for(|r| !r.blocks(&self.from, &self.to)).await.map(drop)
+    /// Waits until the rules let `way` through.
+    async fn open(&self, rules: &mut watch::Receiver<Rules>, way: Way) -> Wake {
+        let epoch = self.epoch;
+        match rules.wait_for(|r| r.resets_of(&self.to) != epoch || r.passes(&self.from, &self.to, way)).await {
+            Ok(r) if r.resets_of(&self.to) == epoch => Wake::Ready,
+            _ => Wake::Close,
+        }
     }
 
-    async fn cut(&self, rules: &mut watch::Receiver<Rules>) -> Result<(), watch::error::RecvError> {
-        rules.wait_for(|r| r.blocks(&self.from, &self.to)).await.map(drop)
+    /// Waits until the rules stop `way`.
+    async fn cut(&self, rules: &mut watch::Receiver<Rules>, way: Way) -> Wake {
+        let epoch = self.epoch;
+        match rules.wait_for(|r| r.resets_of(&self.to) != epoch || !r.passes(&self.from, &self.to, way)).await {
+            Ok(r) if r.resets_of(&self.to) == epoch => Wake::Ready,
+            _ => Wake::Close,
+        }
     }
 }
 
@@ -212,7 +276,7 @@ async fn serve(
     mut rules: watch::Receiver<Rules>,
 ) {
     // A blocked new connection is accepted and held: nothing is read from it and nothing is dialled until the heal.
-    if route.open(&mut rules).await.is_err() {
+    if let Wake::Close = route.open(&mut rules, Way::Request).await {
         return;
     }
     // The node behind the link is gone: close, as the peer's kernel would after a failed connect.
@@ -222,8 +286,8 @@ async fn serve(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::join!(
-        pipe(client_read, server_write, route.clone(), rules.clone()),
-        pipe(server_read, client_write, route, rules)
+        pipe(client_read, server_write, route.clone(), rules.clone(), Way::Request),
+        pipe(server_read, client_write, route, rules, Way::Reply)
     );
 }
 
@@ -238,10 +302,17 @@ async fn dial_from(source: IpAddr, upstream: SocketAddr) -> io::Result<TcpStream
 }
 
 /// Copies `from` to `to` while the route is open; holds (reads nothing more, keeps what it read) while it is cut.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, route: Route, mut rules: watch::Receiver<Rules>) {
+/// A reset returns at once, dropping both halves (the sockets close when both pipes of a connection are gone).
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    route: Route,
+    mut rules: watch::Receiver<Rules>,
+    way: Way,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        if route.open(&mut rules).await.is_err() {
+        if let Wake::Close = route.open(&mut rules, way).await {
             return;
         }
         let n = tokio::select! {
@@ -249,13 +320,13 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, route: Route, mut
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
-            cut = route.cut(&mut rules) => match cut {
-                Ok(()) => continue,
-                Err(_) => return,
+            cut = route.cut(&mut rules, way) => match cut {
+                Wake::Ready => continue,
+                Wake::Close => return,
             },
         };
         // Read just before a cut: held until the heal, never dropped.
-        if route.open(&mut rules).await.is_err() {
+        if let Wake::Close = route.open(&mut rules, way).await {
             return;
         }
         if to.write_all(&buffer[..n]).await.is_err() {

@@ -415,7 +415,11 @@ impl JournalEvent {
 
 /// Every row of `schema.journal`, by entity and revision.
 pub async fn read_journal(schema: &str) -> Vec<JournalEvent> {
-    let db = crate::support::pg::connect().await;
+    read_journal_from(&crate::support::pg::connect().await, schema).await
+}
+
+/// Every row of `schema.journal` on the server `db` is connected to (a private server: `tests/pg_faults.rs`).
+pub async fn read_journal_from(db: &tokio_postgres::Client, schema: &str) -> Vec<JournalEvent> {
     let sql = format!(
         "SELECT entity_id, revision::bigint, shard::bigint, written_at::bigint, payload FROM \"{schema}\".journal \
          ORDER BY entity_id, revision"

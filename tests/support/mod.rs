@@ -4,7 +4,8 @@
 //! For the multi-process cluster suite (`tests/cluster.rs`): [`cluster`] starts real `regent` processes behind a
 //! [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the list-append write handler,
 //! ownership registry and checker, [`actor_tree`] reads `/actors`, [`report`] records scenario results for
-//! docs/reliability.md.
+//! docs/reliability.md. [`private_pg`] starts a PostgreSQL server of the test's own, for the tests that restart or
+//! stop the database (`tests/pg_faults.rs`).
 #![allow(dead_code)]
 
 pub mod actor_tree;
@@ -15,6 +16,7 @@ pub mod history;
 pub mod load;
 pub mod nodes;
 pub mod pg;
+pub mod private_pg;
 pub mod read_handler;
 pub mod report;
 
