@@ -32,6 +32,13 @@ const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// (`cluster_state`'s, that every membership change takes) for as long as TCP takes to notice, hours without
 /// keepalives: every other member's membership change would wait behind it, the downing of that node included.
 const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link to the server that silently drops packets is noticed by the client side too: data the server has not
+/// acknowledged for this long ends the connection (`TCP_USER_TIMEOUT`), and an idle connection is probed
+/// (keepalives after 10 s, every 2 s, 3 probes), instead of waiting for TCP's default of about 15 minutes.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Most events written in one journal transaction.
 const MAX_BATCH_EVENTS: usize = 500;
 /// Appends waiting for a writer before entities wait to enqueue (back-pressure).
@@ -161,6 +168,11 @@ pub(crate) fn connection_config(config: &PostgresConfig) -> tokio_postgres::Conf
         // Tells an operator (and the tests) which schema a session serves; the server truncates it to 63 bytes.
         .application_name(format!("regent:{}", config.schema))
         .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
         // The schema is a validated identifier; quoting keeps its case, as `CREATE SCHEMA "<schema>"` does.
         .options(format!(
             "-c search_path=\"{}\" -c idle_in_transaction_session_timeout={}",
