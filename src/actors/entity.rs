@@ -155,6 +155,11 @@ impl Actor for EntityActor {
             return Ok(());
         }
         match message {
+            // Its caller gave up (ask timeout, cancelled call) before the entity got to it: nobody will read the
+            // answer, so the handler is not called and nothing is written.
+            EntityMessage::Command { reply, .. } if reply.is_closed() => {
+                debug!(entity_id = %state.entity_id, "skipping a command whose caller has gone");
+            }
             EntityMessage::Command { command, reply } => {
                 let span = info_span!("command", entity_id = %state.entity_id, shard = state.shard,
                     node = %state.settings.node);
