@@ -1,10 +1,10 @@
 //! Test support for the node-level integration tests: a scriptable write handler ([`handler`]), a fresh
 //! PostgreSQL schema per test ([`pg`]) and [`TestNode`], a real `regent::Node` on `127.0.0.1:0` wired to both.
 //!
-//! For the multi-process cluster suite (`tests/cluster.rs`): [`cluster`] starts real `regent` processes behind a
-//! [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the list-append write handler,
-//! ownership registry and checker, [`actor_tree`] reads `/actors`, [`report`] records scenario results for
-//! docs/reliability.md.
+//! For the multi-process cluster suite (`tests/cluster.rs`, `tests/cluster_faults.rs`): [`cluster`] starts real
+//! `regent` processes behind a [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the
+//! list-append write handler, ownership registry and checker, [`read_sink`] records read-side deliveries and checks
+//! I4, [`actor_tree`] reads `/actors`, [`report`] records scenario results for docs/reliability.md.
 #![allow(dead_code)]
 
 pub mod actor_tree;
@@ -16,6 +16,7 @@ pub mod load;
 pub mod nodes;
 pub mod pg;
 pub mod read_handler;
+pub mod read_sink;
 pub mod report;
 
 use std::future::Future;
