@@ -225,7 +225,7 @@ async fn partition_two_two_keep_majority_keeps_the_lowest_address() {
     }
     cluster.proxy.heal();
     cluster.wait_formed(&refs(&winners)).await;
-    let history = serve_on(&mut cluster, load, &winners, 100).await;
+    let history = serve_on(&mut cluster, load, &winners, 60).await;
     assert_failures_retryable(&history);
     let notes =
         vec![format!("{losers:?} (with the leader n4) exited {downed_after:?} after the cut; {winners:?} serve")];
@@ -260,7 +260,7 @@ async fn partition_two_two_down_all_downs_everyone() {
     }
     cluster.wait_formed(&["n1", "n2"]).await;
     let survivors = vec!["n1".to_string(), "n2".to_string()];
-    let history = serve_on(&mut cluster, load, &survivors, 100).await;
+    let history = serve_on(&mut cluster, load, &survivors, 60).await;
     assert_failures_retryable(&history);
     let notes = vec![format!("all four nodes exited {downed_after:?} after the cut; n1, n2 restarted and serve")];
     eprintln!("{}", notes[0]);
@@ -290,7 +290,7 @@ async fn indirect_partition_downs_the_indirectly_connected_nodes() {
     cluster.assert_running("n1");
     cluster.proxy.heal();
     cluster.wait_formed(&["n1"]).await;
-    let history = serve_on(&mut cluster, load, &["n1".to_string()], 100).await;
+    let history = serve_on(&mut cluster, load, &["n1".to_string()], 60).await;
     assert_failures_retryable(&history);
     let notes = vec![format!("n2 and n3 (indirectly connected) exited {downed_after:?} after the cut; n1 serves")];
     eprintln!("{}", notes[0]);
@@ -351,7 +351,7 @@ async fn flapping_link(duration: Duration, cut_ms: (u64, u64), heal_ms: (u64, u6
     }
     cluster.wait_formed(&["n1", "n2", "n3"]).await;
     let all = cluster.names();
-    let history = serve_on(&mut cluster, load, &all, 100).await;
+    let history = serve_on(&mut cluster, load, &all, 60).await;
     assert_failures_retryable(&history);
     let notes = vec![format!(
         "{flips} cut/heal cycles over {flapped:?} (cut {cut_ms:?} ms, healed {heal_ms:?} ms), {convicted} cut(s) \
@@ -419,7 +419,7 @@ async fn coordinator_killed_mid_rebalance() {
             (on >= NUM_SHARDS as usize / 3 - 1).then_some(on)
         })
         .await;
-    let history = serve_on(&mut cluster, load, &survivors, 100).await;
+    let history = serve_on(&mut cluster, load, &survivors, 60).await;
     assert_failures_retryable(&history);
     let notes = vec![format!(
         "{coordinator} (coordinator) killed when n4 held {on_n4}/{fair} shards; new coordinator {new_coordinator}, \
