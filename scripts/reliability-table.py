@@ -54,20 +54,23 @@ SCENARIOS = {
     "23": "rolling restart, scale 3→5→3, coordinator killed mid-rebalance",
 }
 
-# Tests that cover a scenario (or part of it) without writing a result file: single-node tests that pass or fail.
+# Tests that cover a scenario (or part of it) without writing a result file: (test, what it shows).
+SINGLE = "single-node test, pass/fail (no result file)"
 OTHER_TESTS = {
-    "11": ["write_path.rs `handler_slower_than_calls_timeout_is_deadline_exceeded`",
-           "write_path.rs `ask_timeout_is_internal_and_the_command_may_still_complete`"],
-    "12": ["write_path.rs `handler_error_is_relayed_with_code_message_details_and_trailer`",
-           "write_path.rs `event_handler_error_is_relayed_and_no_event_of_the_command_is_persisted`"],
-    "13": ["write_path.rs `handler_down_is_unavailable_and_node_recovers_when_it_is_back`",
-           "write_path.rs `handler_on_a_closed_port_is_unavailable`"],
-    "14": ["write_path.rs `event_handler_without_state_is_invalid_argument_and_persists_nothing`",
-           "write_path.rs `validation_rejects_unlisted_event_and_state_types`"],
-    "16": ["write_path.rs `empty_entity_id_is_invalid_argument_for_both_rpcs`"],
-    "20": ["write_path.rs `concurrent_commands_to_one_entity_get_gapless_revisions` (partly: no stash bound)"],
-    "21": ["read_sides.rs `sigkill_mid_delivery_resumes_from_the_stored_offset`",
-           "I4 in every cluster test with the read-side sink (`tests/support/read_sink.rs`)"],
+    "11": [("write_path.rs `handler_slower_than_calls_timeout_is_deadline_exceeded`", SINGLE),
+           ("write_path.rs `ask_timeout_is_internal_and_the_command_may_still_complete`", SINGLE)],
+    "12": [("write_path.rs `handler_error_is_relayed_with_code_message_details_and_trailer`", SINGLE),
+           ("write_path.rs `event_handler_error_is_relayed_and_no_event_of_the_command_is_persisted`", SINGLE)],
+    "13": [("write_path.rs `handler_down_is_unavailable_and_node_recovers_when_it_is_back`", SINGLE),
+           ("write_path.rs `handler_on_a_closed_port_is_unavailable`", SINGLE)],
+    "14": [("write_path.rs `event_handler_without_state_is_invalid_argument_and_persists_nothing`", SINGLE),
+           ("write_path.rs `validation_rejects_unlisted_event_and_state_types`", SINGLE)],
+    "16": [("write_path.rs `empty_entity_id_is_invalid_argument_for_both_rpcs`", SINGLE)],
+    "20": [("write_path.rs `concurrent_commands_to_one_entity_get_gapless_revisions`",
+            SINGLE + "; 64 concurrent commands on one entity, gapless; the stash bound is not tested")],
+    "21": [("read_sides.rs `sigkill_mid_delivery_resumes_from_the_stored_offset`", SINGLE),
+           ("I4 of every cluster test with the read-side sink",
+            "SIGKILL / SIGSTOP / partitions / restarts during delivery: see the rows of #1–#7, #23")],
 }
 
 # Scenarios another branch delivers; shown as placeholders until their result files exist.
@@ -106,8 +109,13 @@ def failed_attempts(result):
     return f"{total} ({parts})"
 
 
+DURATION = re.compile(r"(\d+\.\d)\d+(ms|µs|s)\b")
+
+
 def cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes escaped, one line, durations (Rust's `{:?}`) to one decimal."""
+    text = DURATION.sub(r"\1\2", str(text))
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def scenario_key(number):
@@ -132,8 +140,8 @@ def render(results):
                 f"| {cell(failed_attempts(run))} | {run.get('violations', '?')} "
                 f"| {cell('; '.join(run.get('notes') or []))} |"
             )
-        for test in OTHER_TESTS.get(number, []):
-            lines.append(f"| {number} | {cell(title)} | {cell(test)} | – | – | – | single-node test: passes |")
+        for test, what in OTHER_TESTS.get(number, []):
+            lines.append(f"| {number} | {cell(title)} | {cell(test)} | – | – | – | {cell(what)} |")
         if not runs and number in PENDING:
             lines.append(f"| {number} | {cell(title)} | *pending: {cell(PENDING[number])}* | | | | |")
         elif not runs and number not in OTHER_TESTS:

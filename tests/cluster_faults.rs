@@ -173,7 +173,7 @@ async fn sigkill_and_restart_on_the_same_address() {
         "no command was acked through the restarted {victim}"
     );
     assert_failures_retryable(&history);
-    let notes = vec![format!("{victim} restarted (same ports) and ready {ready_after:?} after the SIGKILL")];
+    let notes = vec![format!("{victim} restarted (same ports) and ready {ready_after:.1?} after the SIGKILL")];
     eprintln!("{}", notes[0]);
     check_and_record(&mut cluster, "2", "sigkill_and_restart_on_the_same_address", &history, &notes).await;
     cluster.finish().await;
@@ -228,7 +228,7 @@ async fn partition_two_two_keep_majority_keeps_the_lowest_address() {
     let history = serve_on(&mut cluster, load, &winners, 60).await;
     assert_failures_retryable(&history);
     let notes =
-        vec![format!("{losers:?} (with the leader n4) exited {downed_after:?} after the cut; {winners:?} serve")];
+        vec![format!("{losers:?} (with the leader n4) exited {downed_after:.1?} after the cut; {winners:?} serve")];
     eprintln!("{}", notes[0]);
     check_and_record(&mut cluster, "5", "partition_two_two_keep_majority_keeps_the_lowest_address", &history, &notes)
         .await;
@@ -262,7 +262,7 @@ async fn partition_two_two_down_all_downs_everyone() {
     let survivors = vec!["n1".to_string(), "n2".to_string()];
     let history = serve_on(&mut cluster, load, &survivors, 60).await;
     assert_failures_retryable(&history);
-    let notes = vec![format!("all four nodes exited {downed_after:?} after the cut; n1, n2 restarted and serve")];
+    let notes = vec![format!("all four nodes exited {downed_after:.1?} after the cut; n1, n2 restarted and serve")];
     eprintln!("{}", notes[0]);
     check_and_record(&mut cluster, "5", "partition_two_two_down_all_downs_everyone", &history, &notes).await;
     cluster.finish().await;
@@ -292,7 +292,7 @@ async fn indirect_partition_downs_the_indirectly_connected_nodes() {
     cluster.wait_formed(&["n1"]).await;
     let history = serve_on(&mut cluster, load, &["n1".to_string()], 60).await;
     assert_failures_retryable(&history);
-    let notes = vec![format!("n2 and n3 (indirectly connected) exited {downed_after:?} after the cut; n1 serves")];
+    let notes = vec![format!("n2 and n3 (indirectly connected) exited {downed_after:.1?} after the cut; n1 serves")];
     eprintln!("{}", notes[0]);
     check_and_record(&mut cluster, "6", "indirect_partition_downs_the_indirectly_connected_nodes", &history, &notes)
         .await;
@@ -340,7 +340,7 @@ async fn flapping_link(duration: Duration, cut_ms: (u64, u64), heal_ms: (u64, u6
         (0, _) => "down-all-when-unstable (or the resolver) downed every node".to_string(),
         _ => format!("the resolver downed {downed:?}"),
     };
-    eprintln!("flapped {flips} times over {flapped:?}, {convicted} cut(s) seen as unreachable: {outcome}");
+    eprintln!("flapped {flips} times over {flapped:.1?}, {convicted} cut(s) seen as unreachable: {outcome}");
     for node in &downed {
         let exit = cluster.wait_exit(node, Duration::from_secs(1)).await;
         assert!(!exit.success(), "{node} left during the flapping with {exit}, expected a downed node's non-zero exit");
@@ -354,7 +354,7 @@ async fn flapping_link(duration: Duration, cut_ms: (u64, u64), heal_ms: (u64, u6
     let history = serve_on(&mut cluster, load, &all, 60).await;
     assert_failures_retryable(&history);
     let notes = vec![format!(
-        "{flips} cut/heal cycles over {flapped:?} (cut {cut_ms:?} ms, healed {heal_ms:?} ms), {convicted} cut(s) \
+        "{flips} cut/heal cycles over {flapped:.1?} (cut {cut_ms:?} ms, healed {heal_ms:?} ms), {convicted} cut(s) \
          seen as unreachable: {outcome}; restarted {downed:?}"
     )];
     check_and_record(&mut cluster, "7", test, &history, &notes).await;

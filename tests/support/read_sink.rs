@@ -270,12 +270,15 @@ pub struct ReadReport {
     pub duplicates: usize,
 }
 
+/// Deliveries with their journal rows.
+type Deliveries<'a> = Vec<(&'a Delivery, &'a JournalRow)>;
+
 /// A processor run: consecutive deliveries of one shard by one node process, each after the previous in cursor
 /// order; a delivery at or before the previous one starts a new run (the processor restarted from its offset).
 struct Run<'a> {
     shard: u32,
     stream: (String, u32),
-    deliveries: Vec<(&'a Delivery, &'a JournalRow)>,
+    deliveries: Deliveries<'a>,
 }
 
 /// I4: the read side saw every journal event at least once (I4a) and nothing else; no event was delivered before
@@ -417,7 +420,7 @@ pub fn check_read_side(input: &ReadCheckInput<'_>) -> ReadReport {
     }
 
     // I4d: runs.
-    let mut streams: BTreeMap<(String, u32, u32), Vec<(&Delivery, &JournalRow)>> = BTreeMap::new();
+    let mut streams: BTreeMap<(String, u32, u32), Deliveries<'_>> = BTreeMap::new();
     for (d, row) in &delivered {
         streams.entry((d.node.clone(), d.generation, row.shard)).or_default().push((d, row));
     }
