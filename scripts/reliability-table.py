@@ -67,7 +67,7 @@ OTHER_TESTS = {
            ("write_path.rs `validation_rejects_unlisted_event_and_state_types`", SINGLE)],
     "16": [("write_path.rs `empty_entity_id_is_invalid_argument_for_both_rpcs`", SINGLE)],
     "20": [("write_path.rs `concurrent_commands_to_one_entity_get_gapless_revisions`",
-            SINGLE + "; 64 concurrent commands on one entity, gapless; the stash bound is not tested")],
+            SINGLE + "; 64 concurrent commands on one entity, gapless; the queue bound is not part of it")],
     "21": [("read_sides.rs `sigkill_mid_delivery_resumes_from_the_stored_offset`", SINGLE),
            ("I4 of every cluster test with the read-side sink",
             "SIGKILL / SIGSTOP / partitions / restarts during delivery: see the rows of #1–#7, #23")],
