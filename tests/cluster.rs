@@ -13,6 +13,12 @@
 //! | `/actors` shows region → shard → entity matching the traffic | `actors_endpoint_shows_regions_shards_and_entities` |
 //! | failover time, median of several runs | `failover_time_after_sigkill` (`#[ignore]`: `--ignored --nocapture`) |
 //!
+//! The SIGKILL, SIGSTOP and partition tests also run a read side on every node into the read-side sink
+//! (`tests/support/read_sink.rs`) and check I4. Every history-checked test writes its result file
+//! (`target/reliability/<test>.json`, `tests/support/report.rs`) for docs/reliability.md. More fault scenarios
+//! (restart on the same address, 2│2 and indirect partitions, a flapping link, the coordinator killed
+//! mid-rebalance) are in `tests/cluster_faults.rs`.
+//!
 //! The harness, proxy, clients and checker are in `tests/support/{cluster,fault_proxy,load,history,actor_tree}.rs`;
 //! their own tests are at the end of this file (they need neither PostgreSQL nor a cluster runtime).
 //!
@@ -39,7 +45,7 @@ use support::cluster::{
     Cluster, ClusterOptions, LEASE_TTL, LEAVE_TIMEOUT, STABLE_AFTER, entity_in_shard, free_port_on_all, node_ip,
     parse_http_response, shard_homes,
 };
-use support::history::{CallKind, HandlerCall, History, JournalEvent, Outcome, list_any, op_any};
+use support::history::{CallKind, HandlerCall, History, JournalEvent, Outcome, Report, list_any, op_any};
 use support::load::{Load, LoadOptions, entity_names};
 
 const NUM_SHARDS: u32 = 16;
@@ -73,6 +79,15 @@ fn assert_failures_retryable(history: &History) {
     assert!(other.is_empty(), "errors the client policy does not retry: {other:#?}\n{}", history.summary());
 }
 
+/// Runs the checker, records the scenario's result file (`tests/support/report.rs`, for docs/reliability.md; before
+/// asserting, so that a failed run is recorded too) and asserts that no invariant is broken.
+async fn check_and_record(cluster: &mut Cluster, scenario: &str, test: &str, history: &History) -> Report {
+    let report = cluster.check(history).await;
+    support::report::record(scenario, test, history, &report);
+    report.assert_ok();
+    report
+}
+
 #[track_caller]
 fn assert_no_failed_commands(history: &History) {
     assert!(history.failed_commands().is_empty(), "commands failed despite the client retries:\n{}", history.summary());
@@ -83,7 +98,7 @@ fn assert_no_failed_commands(history: &History) {
 
 /// Runs the standard load for a while through every node; asserts that every command succeeded, that every node
 /// took some, and that the history checks.
-async fn serve_and_check(cluster: &mut Cluster) {
+async fn serve_and_check(cluster: &mut Cluster, test: &str) {
     let load = standard_load(cluster);
     load.wait_acks(200, LOAD_PATIENCE).await;
     let history = load.stop().await;
@@ -91,7 +106,7 @@ async fn serve_and_check(cluster: &mut Cluster) {
     for node in cluster.names() {
         assert!(history.acked().any(|a| a.node == node), "no command was acked through {node}");
     }
-    cluster.check(&history).await.assert_ok();
+    check_and_record(cluster, "form", test, &history).await;
 }
 
 /// Makes discovery the only way to reach `n1`, before any node starts: `n1`'s advertised address (the proxy link
@@ -122,7 +137,7 @@ async fn three_nodes_form_a_cluster_from_static_seeds() {
     cluster.wait_ready("n3").await;
     cluster.wait_formed(&["n1", "n2", "n3"]).await;
     cluster.assert_sources_named();
-    serve_and_check(&mut cluster).await;
+    serve_and_check(&mut cluster, "three_nodes_form_a_cluster_from_static_seeds").await;
     cluster.finish().await;
 }
 
@@ -162,7 +177,7 @@ async fn three_nodes_form_a_cluster_from_dns_discovery() {
     cluster.wait_ready("n3").await;
     cluster.wait_formed(&["n1", "n2", "n3"]).await;
     cluster.assert_sources_named();
-    serve_and_check(&mut cluster).await;
+    serve_and_check(&mut cluster, "three_nodes_form_a_cluster_from_dns_discovery").await;
     cluster.finish().await;
 }
 
@@ -198,8 +213,7 @@ async fn a_fourth_node_joins_and_shards_rebalance_to_it() {
     eprintln!("shards before n4 joined: {before:?}\nafter: {after:?} ({on_n4} on n4 when first seen)");
 
     assert_no_failed_commands(&history);
-    let report = cluster.check(&history).await;
-    report.assert_ok();
+    let report = check_and_record(&mut cluster, "23", "a_fourth_node_joins_and_shards_rebalance_to_it", &history).await;
     assert!(report.total_switches() > 0, "no entity moved to another node");
     cluster.finish().await;
 }
@@ -229,7 +243,7 @@ async fn pick(cluster: &mut Cluster, victim: Victim) -> (String, Vec<String>) {
 
 /// SIGTERM `victim` under load: it hands its shards off and exits 0; no command fails (with the client retries)
 /// and no acked op is lost.
-async fn sigterm_under_load(victim: Victim) {
+async fn sigterm_under_load(victim: Victim, test: &str) {
     let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
     let load = standard_load(&cluster);
     load.wait_acks(150, LOAD_PATIENCE).await;
@@ -256,8 +270,7 @@ async fn sigterm_under_load(victim: Victim) {
     eprintln!("{victim} (shards {shards:?}) left in {left_after:?}; shards now {homes:?}");
 
     assert_no_failed_commands(&history);
-    let report = cluster.check(&history).await;
-    report.assert_ok();
+    let report = check_and_record(&mut cluster, "23", test, &history).await;
     assert!(
         moved.iter().any(|e| report.switches.get(e).copied().unwrap_or(0) > 0),
         "none of {victim}'s entities {moved:?} moved to a survivor"
@@ -267,20 +280,20 @@ async fn sigterm_under_load(victim: Victim) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_node_under_load() {
-    sigterm_under_load(Victim::Member).await;
+    sigterm_under_load(Victim::Member, "sigterm_of_a_node_under_load").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_coordinator_under_load() {
-    sigterm_under_load(Victim::Coordinator).await;
+    sigterm_under_load(Victim::Coordinator, "sigterm_of_the_coordinator_under_load").await;
 }
 
 /// SIGKILL `victim` under load. One probe entity per shard of the victim is live there before the kill; the
 /// failover time is from the kill until every probe has accepted a command through a survivor. Every acked op is
 /// in the journal; no entity is handled by two nodes at once. Commands may fail during the failover (their ops
 /// are indeterminate). Returns the failover time.
-async fn sigkill_under_load(victim: Victim) -> Duration {
-    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+async fn sigkill_under_load(victim: Victim, test: &str) -> Duration {
+    let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
     let load = standard_load(&cluster);
     load.wait_acks(150, LOAD_PATIENCE).await;
     let (victim, survivors) = pick(&mut cluster, victim).await;
@@ -316,19 +329,19 @@ async fn sigkill_under_load(victim: Victim) -> Duration {
     load.wait_acks(100, LOAD_PATIENCE).await;
     let history = load.stop().await;
     assert_failures_retryable(&history);
-    cluster.check(&history).await.assert_ok();
+    check_and_record(&mut cluster, "1", test, &history).await;
     cluster.finish().await;
     failover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_node_under_load() {
-    sigkill_under_load(Victim::Member).await;
+    sigkill_under_load(Victim::Member, "sigkill_of_a_node_under_load").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_coordinator_under_load() {
-    sigkill_under_load(Victim::Coordinator).await;
+    sigkill_under_load(Victim::Coordinator, "sigkill_of_the_coordinator_under_load").await;
 }
 
 /// SIGSTOP a member under load past its lease, then SIGCONT it: the survivors serve its shards meanwhile; the
@@ -336,7 +349,7 @@ async fn sigkill_of_the_coordinator_under_load() {
 /// exits non-zero; none of its late writes is stored or acknowledged, and no entity ever had two owners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again() {
-    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
     let load = standard_load(&cluster);
     load.wait_acks(150, LOAD_PATIENCE).await;
     let (victim, survivors) = pick(&mut cluster, Victim::Member).await;
@@ -361,7 +374,8 @@ async fn a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again() {
     load.wait_acks(100, LOAD_PATIENCE).await;
     let history = load.stop().await;
     assert_failures_retryable(&history);
-    cluster.check(&history).await.assert_ok();
+    check_and_record(&mut cluster, "3", "a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again", &history)
+        .await;
     cluster.finish().await;
 }
 
@@ -374,8 +388,8 @@ async fn failover_time_after_sigkill() {
     let mut member = Vec::new();
     let mut coordinator = Vec::new();
     for run in 1..=runs {
-        member.push(sigkill_under_load(Victim::Member).await);
-        coordinator.push(sigkill_under_load(Victim::Coordinator).await);
+        member.push(sigkill_under_load(Victim::Member, "failover_time_after_sigkill_member").await);
+        coordinator.push(sigkill_under_load(Victim::Coordinator, "failover_time_after_sigkill_coordinator").await);
         eprintln!("run {run}/{runs}: member {:?}, coordinator {:?}", member[run - 1], coordinator[run - 1]);
     }
     let figures = |name: &str, times: &mut Vec<Duration>| {
@@ -403,10 +417,11 @@ async fn failover_time_after_sigkill() {
 /// and expects the split-brain resolver to keep `winners`: every loser exits with a non-zero code, every winner
 /// keeps running, then (healed) serves every entity; no double writer, no lost ack.
 async fn partition_scenario(
+    test: &str,
     options: ClusterOptions,
     sides: impl FnOnce(&str, &[String]) -> (Vec<String>, Vec<String>),
 ) {
-    let mut cluster = Cluster::start(3, options).await;
+    let mut cluster = Cluster::start(3, options.with_read_sink()).await;
     let load = standard_load(&cluster);
     load.wait_acks(150, LOAD_PATIENCE).await;
     let oldest = cluster.oldest("n1").await;
@@ -437,7 +452,7 @@ async fn partition_scenario(
     eprintln!(
         "losers exited {downed_after:?} after the cut; every entity served on the winners {serving_after:?} after it"
     );
-    cluster.check(&history).await.assert_ok();
+    check_and_record(&mut cluster, "4", test, &history).await;
     cluster.finish().await;
 }
 
@@ -445,7 +460,8 @@ async fn partition_scenario(
 /// serving and take the coordinator over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_keep_majority_downs_the_minority_even_when_it_holds_the_oldest() {
-    partition_scenario(ClusterOptions::strategy("keep-majority"), |oldest, names| {
+    let test = "partition_keep_majority_downs_the_minority_even_when_it_holds_the_oldest";
+    partition_scenario(test, ClusterOptions::strategy("keep-majority"), |oldest, names| {
         let others = names.iter().filter(|n| *n != oldest).cloned().collect();
         (vec![oldest.to_string()], others)
     })
@@ -457,7 +473,7 @@ async fn partition_keep_majority_downs_the_minority_even_when_it_holds_the_oldes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_keep_oldest_keeps_the_oldest_alone() {
     let options = ClusterOptions { down_if_alone: Some(false), ..ClusterOptions::strategy("keep-oldest") };
-    partition_scenario(options, |oldest, names| {
+    partition_scenario("partition_keep_oldest_keeps_the_oldest_alone", options, |oldest, names| {
         let others = names.iter().filter(|n| *n != oldest).cloned().collect();
         (others, vec![oldest.to_string()])
     })
@@ -468,7 +484,7 @@ async fn partition_keep_oldest_keeps_the_oldest_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_static_quorum_downs_the_side_below_quorum() {
     let options = ClusterOptions { quorum_size: 2, ..ClusterOptions::strategy("static-quorum") };
-    partition_scenario(options, |oldest, names| {
+    partition_scenario("partition_static_quorum_downs_the_side_below_quorum", options, |oldest, names| {
         let alone = names.iter().rev().find(|n| *n != oldest).expect("a younger node").clone();
         let others = names.iter().filter(|n| **n != alone).cloned().collect();
         (vec![alone], others)
@@ -579,7 +595,7 @@ async fn actors_endpoint_shows_regions_shards_and_entities() {
     }
     let history = client.history();
     assert_no_failed_commands(&history);
-    cluster.check(&history).await.assert_ok();
+    check_and_record(&mut cluster, "actors", "actors_endpoint_shows_regions_shards_and_entities", &history).await;
     cluster.finish().await;
 }
 

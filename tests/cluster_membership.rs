@@ -591,3 +591,24 @@ async fn journal_writes_are_fenced_on_the_writers_membership() {
     tokio::time::sleep(TTL * 2).await;
     assert!(matches!(journal.append("z", 0, &[event(2)]).await, Err(regent::persistence::Error::Fenced(_))));
 }
+
+/// Read-side offsets are fenced like the journal: a processor of a downed member (a zombie resuming after a
+/// freeze) cannot move a shard's offset back under the shard's new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_side_offsets_are_fenced_on_the_writers_membership() {
+    use regent::persistence::{Cursor, ReadSideStore};
+    let (config, store) = setup().await;
+    let (a, b) = (member("a", "1"), member("b", "1"));
+    up(&store, &[&a, &b]).await;
+    let old_owner = PostgresStore::open_as(&config, 4, Some(b.clone())).await.unwrap();
+    let new_owner = PostgresStore::open_as(&config, 4, Some(a.clone())).await.unwrap();
+    let at = |n: u64| Cursor { tx: n, ordering: n };
+    old_owner.save_cursor("rs", 2, at(5)).await.expect("an up member stores offsets");
+
+    let version = store.version().await.unwrap();
+    assert!(store.down(std::slice::from_ref(&b), version, &a).await.unwrap());
+    new_owner.save_cursor("rs", 2, at(9)).await.expect("the new owner goes on");
+    let late = old_owner.save_cursor("rs", 2, at(6)).await;
+    assert!(matches!(late, Err(regent::persistence::Error::Fenced(_))), "a downed member is fenced: {late:?}");
+    assert_eq!(new_owner.load_offset("rs", 2).await.unwrap().cursor, at(9), "the late write stored nothing");
+}

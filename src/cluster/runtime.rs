@@ -708,6 +708,8 @@ impl Daemon {
             self.last_version = snapshot.version;
             self.stability.changed(now.into());
         }
+        // Every member tracks instability, so that one that becomes leader does not inherit a stale period.
+        self.stability.observe(View::from_snapshot(&snapshot, &me).has_unreachable());
 
         let linked = self.transport.connected().await;
         self.dial(&snapshot, &linked).await;

@@ -377,6 +377,16 @@ impl Stability {
         self.unstable_since.get_or_insert(now);
     }
 
+    /// Whether the view has unreachable members at `now`, for every member on every tick, leader or not. With
+    /// none (healed, downed or removed), the instability period ends. Without this, a member that never led kept
+    /// the start of its first change (a join, long ago) as the start of instability, and on becoming leader after
+    /// a crash found the cluster "unstable too long" at once and downed every member.
+    pub fn observe(&mut self, has_unreachable: bool) {
+        if !has_unreachable {
+            self.unstable_since = None;
+        }
+    }
+
     /// What to do at `now`, given whether the view has unreachable members. With none (healed, downed or
     /// removed), the instability counter resets.
     pub fn tick(&mut self, now: Instant, has_unreachable: bool) -> Tick {

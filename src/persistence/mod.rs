@@ -230,9 +230,9 @@ pub async fn open(config: &StoreConfig, num_shards: u32) -> Result<Arc<dyn Store
     open_as(config, num_shards, None).await
 }
 
-/// [`open`], for a cluster member: every journal write of this store is fenced on `writer` still being a member
-/// allowed to write ([`crate::cluster::membership::WRITER_VALID_SQL`]); a fenced write stores nothing and fails
-/// with [`Error::Fenced`]. PostgreSQL only (a cluster needs it).
+/// [`open`], for a cluster member: every journal write and read-side offset write of this store is fenced on
+/// `writer` still being a member allowed to write ([`crate::cluster::membership::writer_valid_predicate`]); a
+/// fenced write stores nothing and fails with [`Error::Fenced`]. PostgreSQL only (a cluster needs it).
 pub async fn open_as(
     config: &StoreConfig,
     num_shards: u32,

@@ -54,6 +54,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Journal appends go through here: many entities' appends share one transaction under load.
     batcher: Batcher,
+    /// In a cluster, the member whose lease and status fence read-side offset writes too.
+    writer: Option<MemberId>,
 }
 
 /// The journal writer behind the [`Batcher`].
@@ -106,8 +108,8 @@ impl PostgresStore {
             max_events: MAX_BATCH_EVENTS,
             queue: BATCH_QUEUE,
         };
-        let batcher = Batcher::spawn(Arc::new(JournalWriter { pool: pool.clone(), writer }), limits);
-        Ok(Self { pool, batcher })
+        let batcher = Batcher::spawn(Arc::new(JournalWriter { pool: pool.clone(), writer: writer.clone() }), limits);
+        Ok(Self { pool, batcher, writer })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
@@ -367,6 +369,23 @@ const INSERT_SQL: &str = "INSERT INTO journal (entity_id, revision, shard, writt
      SELECT e.entity_id, e.revision, e.shard, $1, e.payload \
      FROM unnest($2::TEXT[], $3::BIGINT[], $4::INT[], $5::BYTEA[]) AS e(entity_id, revision, shard, payload)";
 
+/// Stores a read side's offset for a shard (`$1` read side, `$2` shard, `$3` tx id, `$4` ordering, `$5` time).
+const SAVE_CURSOR_SQL: &str = "INSERT INTO read_side_offsets (read_side_id, shard, tx_id, ordering, updated_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (read_side_id, shard) DO UPDATE \
+     SET tx_id = EXCLUDED.tx_id, ordering = EXCLUDED.ordering, updated_at = EXCLUDED.updated_at";
+
+/// [`SAVE_CURSOR_SQL`] fenced on the writer (`$6` node, `$7` incarnation) being allowed to write.
+static FENCED_SAVE_CURSOR_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO read_side_offsets (read_side_id, shard, tx_id, ordering, updated_at) \
+         SELECT $1, $2, $3, $4, $5 WHERE {} \
+         ON CONFLICT (read_side_id, shard) DO UPDATE \
+         SET tx_id = EXCLUDED.tx_id, ordering = EXCLUDED.ordering, updated_at = EXCLUDED.updated_at",
+        crate::cluster::membership::writer_valid_predicate(6, 7)
+    )
+});
+
 /// [`INSERT_SQL`] fenced on the writer (`$6` node, `$7` incarnation) being allowed to write.
 static FENCED_INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{INSERT_SQL} WHERE {}", crate::cluster::membership::writer_valid_predicate(6, 7))
@@ -600,16 +619,30 @@ impl ReadSideStore for PostgresStore {
         let shard = shard_to_sql(shard)?;
         let (tx, ordering) = cursor_to_sql(cursor)?;
         let client = self.client().await?;
-        let upsert = client
-            .prepare_cached(
-                "INSERT INTO read_side_offsets (read_side_id, shard, tx_id, ordering, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (read_side_id, shard) DO UPDATE \
-                 SET tx_id = EXCLUDED.tx_id, ordering = EXCLUDED.ordering, updated_at = EXCLUDED.updated_at",
+        let Some(writer) = &self.writer else {
+            let upsert = client.prepare_cached(SAVE_CURSOR_SQL).await.map_err(map_error)?;
+            client
+                .execute(&upsert, &[&read_side_id, &shard, &tx, &ordering, &now_millis()])
+                .await
+                .map_err(map_error)?;
+            return Ok(());
+        };
+        // In a cluster, as for the journal: a member that was downed, froze past its lease or is cut off stores no
+        // offset (its processor's late write would move the offset back under the shard's new owner).
+        let upsert = client.prepare_cached(&FENCED_SAVE_CURSOR_SQL).await.map_err(map_error)?;
+        let stored = client
+            .execute(
+                &upsert,
+                &[&read_side_id, &shard, &tx, &ordering, &now_millis(), &writer.node, &writer.incarnation],
             )
             .await
             .map_err(map_error)?;
-        client.execute(&upsert, &[&read_side_id, &shard, &tx, &ordering, &now_millis()]).await.map_err(map_error)?;
+        if stored == 0 {
+            return Err(Error::Fenced(format!(
+                "member {writer} is not an up member with a valid lease any more; offset of {read_side_id} shard \
+                 {shard} not stored"
+            )));
+        }
         Ok(())
     }
 

@@ -29,6 +29,7 @@ use regent::config::PostgresConfig;
 use super::fault_proxy::FaultProxy;
 use super::history::{CheckInput, History, HistoryHandler, JournalEvent, Report, check, read_journal};
 use super::load::{ClusterClient, Target};
+use super::read_sink::{OffsetSampler, ReadCheckInput, ReadSink, check_read_side, read_journal_cursors, read_offsets};
 
 /// Serialises the cluster tests of this process (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -50,6 +51,8 @@ const TIMINGS: &[(&str, &str)] = &[
 
 /// How long a node gets to answer `/ready`, and a cluster to agree on its members.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long the read side gets to deliver every event after a run, before I4 is checked.
+pub const READ_SIDE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// `127.0.0.{10+k}`: node `nk`'s own loopback address.
 pub fn node_ip(k: usize) -> IpAddr {
@@ -103,6 +106,8 @@ pub struct ClusterOptions {
     pub handler_delay: Duration,
     /// More environment for every node.
     pub env: Vec<(String, String)>,
+    /// Whether every node runs the [`ReadSink`] read side, and [`Cluster::check`] checks I4.
+    pub read_sink: bool,
 }
 
 impl Default for ClusterOptions {
@@ -114,6 +119,7 @@ impl Default for ClusterOptions {
             num_shards: 16,
             handler_delay: Duration::from_millis(2),
             env: Vec::new(),
+            read_sink: false,
         }
     }
 }
@@ -121,6 +127,11 @@ impl Default for ClusterOptions {
 impl ClusterOptions {
     pub fn strategy(strategy: &'static str) -> Self {
         ClusterOptions { strategy, ..Self::default() }
+    }
+
+    /// With the read-side sink on (I4 checked).
+    pub fn with_read_sink(self) -> Self {
+        ClusterOptions { read_sink: true, ..self }
     }
 }
 
@@ -172,6 +183,8 @@ pub struct Cluster {
     cookie: String,
     nodes: Vec<NodeProcess>,
     logs: Option<tempfile::TempDir>,
+    /// The read-side sink and the offset sampler, when [`ClusterOptions::read_sink`].
+    pub read_sink: Option<(ReadSink, OffsetSampler)>,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -181,9 +194,13 @@ impl Cluster {
         let serial = SERIAL.lock().await;
         crate::support::init_logging();
         super::history::start_clock();
+        let pg = crate::support::pg::fresh_postgres_config();
+        let read_sink =
+            options.read_sink.then(|| (ReadSink::new(), OffsetSampler::start(&pg.schema, Duration::from_millis(300))));
         Cluster {
             handler: HistoryHandler::start(options.handler_delay).await,
-            pg: crate::support::pg::fresh_postgres_config(),
+            pg,
+            read_sink,
             proxy: FaultProxy::new(),
             cookie: format!("cookie-{}", uuid::Uuid::new_v4().simple()),
             nodes: Vec::new(),
@@ -301,9 +318,25 @@ impl Cluster {
                 .await
                 .unwrap_or_else(|e| panic!("proxy link for {} on {}: {e}", spec.name, spec.advertised));
         }
+        let log = self.log_path(&spec.name);
+        let child = self.spawn(&spec, &log).await;
+        self.nodes.push(NodeProcess { spec, child, exit: None, log });
+    }
+
+    fn log_path(&self, file: &str) -> PathBuf {
         let dir = self.logs.as_ref().expect("the log folder").path();
-        let log = dir.join(format!("{}.log", spec.name));
-        let file = std::fs::File::create(&log).expect("a node log file");
+        let mut log = dir.join(format!("{file}.log"));
+        for restart in 1.. {
+            if !log.exists() {
+                break;
+            }
+            log = dir.join(format!("{file}.{restart}.log"));
+        }
+        log
+    }
+
+    async fn spawn(&mut self, spec: &NodeSpec, log: &PathBuf) -> Child {
+        let file = std::fs::File::create(log).expect("a node log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_regent"));
         command.arg("start").stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
         // Nothing of the test's own environment may configure the node.
@@ -312,9 +345,28 @@ impl Cluster {
                 command.env_remove(name);
             }
         }
-        command.envs(self.node_env(&spec));
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawn regent start for {}: {e}", spec.name));
-        self.nodes.push(NodeProcess { spec, child, exit: None, log });
+        command.envs(self.node_env(spec));
+        if let Some((sink, _)) = &mut self.read_sink {
+            command.env("COS_READ_SIDE_ENABLED", "true").env("COS_READ_SIDE_CONFIG", sink.config_for(&spec.name).await);
+        }
+        command.spawn().unwrap_or_else(|e| panic!("spawn regent start for {}: {e}", spec.name))
+    }
+
+    /// Starts `name` again, after it exited, with the same spec: same name, addresses and ports (a new
+    /// incarnation, as after a crash and a supervisor's restart). Does not wait for it to be ready.
+    pub async fn restart(&mut self, name: &str) {
+        let node = self.node_mut(name);
+        assert!(node.poll_exit().is_some(), "{name} is still running: it cannot be restarted");
+        let spec = node.spec.clone();
+        let log = self.log_path(name);
+        if let Some((sink, _)) = &self.read_sink {
+            sink.restarted(name);
+        }
+        let child = self.spawn(&spec, &log).await;
+        let node = self.node_mut(name);
+        node.child = child;
+        node.exit = None;
+        node.log = log;
     }
 
     /// Launches the next node `nK` (default spec), waits until it is ready and every running node sees it up.
@@ -547,7 +599,8 @@ impl Cluster {
         self.wait_status(observer, "an oldest member", PATIENCE, |s| s.oldest.as_ref().map(|o| node_of_id(s, o))).await
     }
 
-    /// Runs the checker: the journal, `GetState` of every entity through the running nodes, the registry.
+    /// Runs the checker: the journal, `GetState` of every entity through the running nodes, the registry; with
+    /// the read sink, I4 too, once the read side caught up (at most [`READ_SIDE_PATIENCE`]).
     pub async fn check(&mut self, history: &History) -> Report {
         let journal = read_journal(&self.pg.schema).await;
         self.check_journal(history, journal).await
@@ -565,15 +618,55 @@ impl Cluster {
             states.insert(entity, state);
         }
         let calls = self.handler.registry.calls();
-        let report = check(&CheckInput {
+        let mut report = check(&CheckInput {
             journal: &journal,
             history,
             states: &states,
             calls: &calls,
             num_shards: self.options.num_shards,
         });
+        if self.read_sink.is_some() {
+            let read = self.check_read_side().await;
+            report.violations.extend(read.violations);
+            report.summary.push_str(&read.summary);
+            report.summary.push('\n');
+            report.notes.push(read.summary);
+        }
         eprintln!("{}", report.summary);
         report
+    }
+
+    /// I4 over the sink's deliveries, once every journal event was delivered and every shard's offset stored (or
+    /// [`READ_SIDE_PATIENCE`] passed: the checker then reports what is missing). `GetState` of every entity
+    /// ([`Cluster::check`]) has allocated every shard with events, so each has a processor somewhere.
+    async fn check_read_side(&mut self) -> super::read_sink::ReadReport {
+        let schema = self.pg.schema.clone();
+        let journal = read_journal_cursors(&schema).await;
+        let mut last: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+        for row in &journal {
+            last.insert(row.shard, row.cursor);
+        }
+        let db = crate::support::pg::connect().await;
+        let deadline = Instant::now() + READ_SIDE_PATIENCE;
+        let (sink, sampler) = self.read_sink.as_ref().expect("a read sink");
+        let final_offsets = loop {
+            let delivered: BTreeSet<(String, u32)> =
+                sink.deliveries().into_iter().map(|d| (d.entity, d.revision)).collect();
+            let offsets = read_offsets(&db, &schema).await.unwrap_or_default();
+            let complete = journal.iter().all(|r| delivered.contains(&(r.entity.clone(), r.revision)));
+            if (complete && offsets == last) || Instant::now() >= deadline {
+                break offsets;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // The sampler's last look, after the end.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        check_read_side(&ReadCheckInput {
+            journal: &journal,
+            deliveries: &sink.deliveries(),
+            samples: &sampler.samples(),
+            final_offsets: &final_offsets,
+        })
     }
 
     /// SIGKILLs every node, stops the handler, drops the schema and the logs.
@@ -583,6 +676,10 @@ impl Cluster {
             let _ = node.child.wait();
         }
         self.handler.stop().await;
+        if let Some((mut sink, sampler)) = self.read_sink.take() {
+            drop(sampler);
+            sink.stop().await;
+        }
         crate::support::pg::drop_schema(&self.pg.schema).await;
     }
 }

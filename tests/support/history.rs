@@ -458,6 +458,8 @@ pub struct Report {
     pub summary: String,
     /// Per entity, how many times consecutive `HandleCommand`s switched node.
     pub switches: BTreeMap<String, usize>,
+    /// Figures for the scenario's result file (e.g. the read side's).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -597,7 +599,7 @@ pub fn check(input: &CheckInput<'_>) -> Report {
         by_entity.len(),
         switches.values().sum::<usize>()
     );
-    Report { violations: v, summary, switches }
+    Report { violations: v, summary, switches, notes: Vec::new() }
 }
 
 fn count_by(items: impl Iterator<Item = Option<String>>) -> BTreeMap<String, usize> {

@@ -1,11 +1,12 @@
 //! Test support for the node-level integration tests: a scriptable write handler ([`handler`]), a fresh
 //! PostgreSQL schema per test ([`pg`]) and [`TestNode`], a real `regent::Node` on `127.0.0.1:0` wired to both.
 //!
-//! For the multi-process cluster suite (`tests/cluster.rs`): [`cluster`] starts real `regent` processes behind a
-//! [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the list-append write handler,
-//! ownership registry and checker, [`actor_tree`] reads `/actors`, [`report`] records scenario results for
-//! docs/reliability.md. [`private_pg`] starts a PostgreSQL server of the test's own, for the tests that restart or
-//! stop the database (`tests/pg_faults.rs`).
+//! For the multi-process cluster suites (`tests/cluster.rs`, `tests/cluster_faults.rs`): [`cluster`] starts real
+//! `regent` processes behind a [`fault_proxy`], [`load`] drives them with retrying clients, [`history`] is the
+//! list-append write handler, ownership registry and checker, [`read_sink`] records read-side deliveries and checks
+//! I4, [`actor_tree`] reads `/actors`, [`report`] records scenario results for docs/reliability.md. [`private_pg`]
+//! starts a PostgreSQL server of the test's own, for the tests that restart or stop the database
+//! (`tests/pg_faults.rs`).
 #![allow(dead_code)]
 
 pub mod actor_tree;
@@ -18,6 +19,7 @@ pub mod nodes;
 pub mod pg;
 pub mod private_pg;
 pub mod read_handler;
+pub mod read_sink;
 pub mod report;
 
 use std::future::Future;

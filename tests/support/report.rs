@@ -47,7 +47,7 @@ impl ScenarioResult {
             indeterminate: commands.len() - acknowledged,
             failed_attempts,
             violations: report.violations.len(),
-            notes: Vec::new(),
+            notes: report.notes.clone(),
         }
     }
 

@@ -303,3 +303,20 @@ fn the_unstable_margin_is_at_least_four_seconds_and_can_be_off() {
         assert_eq!(off.tick(start + Duration::from_secs(s), true), Tick::Wait);
     }
 }
+
+#[test]
+fn a_member_that_becomes_leader_does_not_inherit_an_old_instability_period() {
+    let start = Instant::now();
+    let secs = |s: u64| start + Duration::from_secs(s);
+    let mut stability = Stability::new(Duration::from_secs(2), true);
+    // Not the leader: a member joined at 0 s, and everything stayed reachable (observed, never ticked).
+    stability.changed(secs(0));
+    for _ in 0..60 {
+        stability.observe(false);
+    }
+    // At 60 s the leader crashes: its peers see it unreachable (a version change), this member takes over.
+    stability.changed(secs(60));
+    stability.observe(true);
+    assert_eq!(stability.tick(secs(61), true), Tick::Wait, "not unstable for 60 s, only for 1 s");
+    assert_eq!(stability.tick(secs(62), true), Tick::Decide);
+}
