@@ -355,6 +355,8 @@ impl ClusterRuntime {
     /// started with [`ClusterRuntime::context`] before [`ClusterRuntime::run`].
     pub async fn join(config: &Config) -> Result<Self, Error> {
         let cluster = &config.cluster;
+        // Read before joining: a bad certificate must not leave a member row behind.
+        let tls = crate::tls::ClusterTls::from_config(cluster)?;
         let node = if cluster.node_name.is_empty() { host_name() } else { cluster.node_name.clone() };
         let incarnation = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let me = MemberId::new(node, incarnation);
@@ -391,7 +393,7 @@ impl ClusterRuntime {
         let bind: SocketAddr = format!("{}:{bind_port}", cluster.bind_address)
             .parse()
             .map_err(|e| Error::Corrupt(format!("cluster bind address {}:{bind_port}: {e}", cluster.bind_address)))?;
-        let transport = RactorTransport::start(bind, &context.me_key, &host, cluster.cookie.expose(), events_tx)
+        let transport = RactorTransport::start(bind, &context.me_key, &host, cluster.cookie.expose(), tls, events_tx)
             .await
             .map_err(|e| Error::Corrupt(format!("cannot start the node-to-node listener on {bind}: {e}")))?;
         let (peer, _) = Actor::spawn(Some(peer_actor_name(&context.me_key)), PeerActor, context.clone())
