@@ -103,6 +103,9 @@ pub struct ClusterOptions {
     pub handler_delay: Duration,
     /// More environment for every node.
     pub env: Vec<(String, String)>,
+    /// The write handler serves TLS only, with this PEM certificate chain and key (the nodes then need
+    /// `COS_WRITE_SIDE_USE_TLS` and a CA that trusts it, in `env`).
+    pub handler_tls: Option<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -114,6 +117,7 @@ impl Default for ClusterOptions {
             num_shards: 16,
             handler_delay: Duration::from_millis(2),
             env: Vec::new(),
+            handler_tls: None,
         }
     }
 }
@@ -182,7 +186,7 @@ impl Cluster {
         crate::support::init_logging();
         super::history::start_clock();
         Cluster {
-            handler: HistoryHandler::start(options.handler_delay).await,
+            handler: HistoryHandler::start_with_tls(options.handler_delay, options.handler_tls.clone()).await,
             pg: crate::support::pg::fresh_postgres_config(),
             proxy: FaultProxy::new(),
             cookie: format!("cookie-{}", uuid::Uuid::new_v4().simple()),
@@ -357,6 +361,11 @@ impl Cluster {
         if let Some(status) = node.poll_exit() {
             panic!("{name} exited ({status}) (the nodes' logs follow)");
         }
+    }
+
+    /// The cookie every node gets (unless its spec's `env` sets another).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
     }
 
     /// The last `lines` lines of `name`'s log.
