@@ -716,10 +716,10 @@ impl Daemon {
         {
             let mut view = self.context.view.write().expect("view lock");
             view.snapshot = Some(snapshot.clone());
-            view.linked = linked;
+            view.linked = linked.clone();
             view.leader = leader.as_ref().map(|h| h.holder.to_string());
         }
-        self.lead(&snapshot, now).await;
+        self.lead(&snapshot, &linked, now).await;
     }
 
     /// Links to every live member without a link (and, now and then, to seeds and DNS-discovered addresses).
@@ -850,7 +850,7 @@ impl Daemon {
     }
 
     /// The leader's duties, if this member is (or should be) the leader.
-    async fn lead(&mut self, snapshot: &Arc<ClusterSnapshot>, now: Instant) {
+    async fn lead(&mut self, snapshot: &Arc<ClusterSnapshot>, linked: &HashSet<String>, now: Instant) {
         let me = self.context.me.clone();
         if !self.is_leader_candidate(snapshot) {
             self.leader_epoch = None;
@@ -875,11 +875,14 @@ impl Daemon {
             self.stop_coordinator();
             self.leader_epoch = Some(epoch);
         }
-        // The first node forms the cluster once the required contact points have joined (COS_REPLICA_COUNT).
+        // The first node forms the cluster once the required contact points have joined (COS_REPLICA_COUNT). Only
+        // members with an authenticated link to the leader are promoted: the database alone does not make a node a
+        // member (one with the wrong cookie or certificate has a row, but never a link).
         let live = snapshot.members.iter().filter(|m| !m.status.is_terminal() && m.lease_valid).count();
         let any_up = snapshot.members.iter().any(|m| m.status == MemberStatus::Up);
+        let eligible = |member: &MemberId| *member == me || linked.contains(&member.to_string());
         if (any_up || live >= self.context.config.replica_count)
-            && let Err(e) = self.context.membership.promote_joining(&me, 1).await
+            && let Err(e) = self.context.membership.promote_joining_if(&me, 1, &eligible).await
         {
             warn!(error = %e, "cannot promote joining members");
         }
