@@ -80,6 +80,7 @@ impl Node {
     /// [`start`](Self::start) with the read sides given (used when `read_side.enabled`).
     pub async fn start_with(config: Config, read_sides: Vec<ReadSideSettings>) -> Result<Node, Error> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
         let endpoint = config.write_side_endpoint()?;
         // TLS files are read before anything starts, so that a bad one stops the node at once.
         let server_tls = crate::tls::server_tls(&config.server)?;

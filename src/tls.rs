@@ -24,6 +24,13 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 
 use crate::config::{ClusterConfig, ServerConfig};
 
+/// Makes ring rustls's process-wide provider. rustls is built with both ring (our choice, tonic's `tls-ring`) and
+/// aws-lc-rs (ractor_cluster enables tokio-rustls's default features), so it cannot pick one by itself, and
+/// tonic's TLS builders, which ask for the process default, would panic. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = crypto::ring::default_provider().install_default();
+}
+
 /// How long a TLS handshake may take, on any listener.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

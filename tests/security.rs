@@ -151,6 +151,7 @@ async fn assert_never_members(cluster: &mut Cluster, observer: &str, members: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_cluster_forms_and_serves_and_refuses_strangers() {
+    regent::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let cluster_ca = TestCa::new("regent cluster CA");
     let node_cert = cluster_ca.leaf("regent node");
@@ -254,6 +255,7 @@ async fn a_node_with_the_wrong_cookie_is_refused() {
 
 #[tokio::test]
 async fn the_client_port_serves_tls_only_and_can_demand_client_certificates() {
+    regent::tls::install_crypto_provider();
     support::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("client port CA");
