@@ -973,11 +973,6 @@ impl Config {
         Ok(())
     }
 
-    /// Whether node-to-node links use TLS (`cluster.tls_*`).
-    pub fn cluster_tls(&self) -> bool {
-        !self.cluster.tls_cert_file.trim().is_empty()
-    }
-
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         check(self.store.backend == Backend::Postgres, "cluster.enabled", || {
@@ -1520,6 +1515,48 @@ mod tests {
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_sets() {
+        let ok: &[&[(&str, &str)]] = &[
+            &[],
+            &[("REGENT_TLS_CERT_FILE", "c.pem"), ("REGENT_TLS_KEY_FILE", "k.pem")],
+            &[("REGENT_TLS_CERT_FILE", "c"), ("REGENT_TLS_KEY_FILE", "k"), ("REGENT_TLS_CLIENT_CA_FILE", "ca")],
+            &[
+                ("REGENT_CLUSTER_TLS_CERT_FILE", "c"),
+                ("REGENT_CLUSTER_TLS_KEY_FILE", "k"),
+                ("REGENT_CLUSTER_TLS_CA_FILE", "a"),
+            ],
+            &[("REGENT_WRITE_SIDE_TLS_CA_FILE", "ca"), ("REGENT_READ_SIDE_TLS_CA_FILE", "ca")],
+        ];
+        for vars in ok {
+            load(None, vars).unwrap_or_else(|e| panic!("{vars:?}: {e}"));
+        }
+        let bad: &[(&[(&str, &str)], &str)] = &[
+            (&[("REGENT_TLS_CERT_FILE", "c.pem")], "server.tls_key_file (REGENT_TLS_KEY_FILE)"),
+            (&[("REGENT_TLS_KEY_FILE", "k.pem")], "server.tls_key_file (REGENT_TLS_KEY_FILE)"),
+            (&[("REGENT_TLS_CLIENT_CA_FILE", "ca")], "server.tls_client_ca_file (REGENT_TLS_CLIENT_CA_FILE)"),
+            (
+                &[("REGENT_CLUSTER_TLS_CERT_FILE", "c"), ("REGENT_CLUSTER_TLS_KEY_FILE", "k")],
+                "cluster.tls_ca_file (REGENT_CLUSTER_TLS_CA_FILE)",
+            ),
+            (&[("REGENT_CLUSTER_TLS_CA_FILE", "a")], "cluster.tls_ca_file (REGENT_CLUSTER_TLS_CA_FILE)"),
+        ];
+        for (vars, expected) in bad {
+            let err = load(None, vars).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_never_printed() {
+        let config = load(None, &[("REGENT_ADMIN_TOKEN", "s3cret-token")]).unwrap();
+        assert_eq!(config.admin.token.expose(), "s3cret-token");
+        assert!(!format!("{config:?}").contains("s3cret-token"));
+        let dump = config.to_toml();
+        assert!(!dump.contains("s3cret-token") && dump.contains(r#"token = "***""#), "{dump}");
+        assert!(Config::default().to_toml().contains(r#"token = """#), "no token: nothing to hide");
     }
 
     #[test]

@@ -139,7 +139,10 @@ impl Node {
             }
             Some(cluster) => follow_cluster_readiness(cluster, readiness.clone()),
         }
-        let tls = match (crate::tls::is_set(&config.server.tls_cert_file), crate::tls::is_set(&config.server.tls_client_ca_file)) {
+        let tls = match (
+            crate::tls::is_set(&config.server.tls_cert_file),
+            crate::tls::is_set(&config.server.tls_client_ca_file),
+        ) {
             (false, _) => "off",
             (true, false) => "on",
             (true, true) => "mutual",

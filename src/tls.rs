@@ -147,7 +147,11 @@ impl ClusterTls {
         Self::new(certs, key, roots).map(Some)
     }
 
-    fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, roots: RootCertStore) -> Result<Self, Error> {
+    fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: RootCertStore,
+    ) -> Result<Self, Error> {
         let provider = Arc::new(crypto::ring::default_provider());
         let roots = Arc::new(roots);
         let config_error = |e: rustls::Error| Error::Config { key: "cluster.tls_cert_file", message: e.to_string() };
@@ -232,5 +236,110 @@ impl ServerCertVerifier for ClusterCaVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// `cluster.tls_*` files in `dir` for a node certificate named `name`, signed by `ca`.
+    fn node_config(dir: &std::path::Path, ca: &Ca, name: &str) -> ClusterConfig {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &ca.issuer).unwrap().pem();
+        let file = |suffix: &str, text: &str| {
+            let path = dir.join(format!("{name}-{suffix}"));
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        ClusterConfig {
+            tls_cert_file: file("node.pem", &cert),
+            tls_key_file: file("node.key", &key.serialize_pem()),
+            tls_ca_file: file("ca.pem", &ca.pem),
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn tls(config: &ClusterConfig) -> ClusterTls {
+        ClusterTls::from_config(config).unwrap().expect("TLS configured")
+    }
+
+    /// A handshake between a dialler and a listener over an in-memory pipe, and one byte there and back; `Err` if
+    /// either side refuses.
+    async fn handshake(dialler: &ClusterTls, listener: &ClusterTls) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = async {
+            let mut stream = listener.acceptor.accept(b).await.map_err(|e| format!("listener: {e}"))?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.map_err(|e| format!("listener read: {e}"))?;
+            stream.write_all(&byte).await.map_err(|e| format!("listener write: {e}"))?;
+            stream.flush().await.map_err(|e| format!("listener flush: {e}"))?;
+            Ok::<_, String>(())
+        };
+        let client = async {
+            let name = ClusterTls::server_name("10.1.2.3");
+            let mut stream = dialler.connector.connect(name, a).await.map_err(|e| format!("dialler: {e}"))?;
+            stream.write_all(b"x").await.map_err(|e| format!("dialler write: {e}"))?;
+            stream.flush().await.map_err(|e| format!("dialler flush: {e}"))?;
+            let mut echo = [0u8; 1];
+            stream.read_exact(&mut echo).await.map_err(|e| format!("dialler read: {e}"))?;
+            Ok::<_, String>(())
+        };
+        let (server, client) = tokio::join!(server, client);
+        client.and(server)
+    }
+
+    #[tokio::test]
+    async fn members_of_one_ca_link_whatever_their_names_and_strangers_do_not() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster_ca = ca();
+        let a = tls(&node_config(dir.path(), &cluster_ca, "node-a"));
+        let b = tls(&node_config(dir.path(), &cluster_ca, "node-b"));
+        let stranger = tls(&node_config(dir.path(), &ca(), "node-c"));
+        handshake(&a, &b).await.expect("two members link (neither name is the address dialled)");
+        handshake(&b, &a).await.expect("both ways");
+        assert!(handshake(&stranger, &a).await.is_err(), "a listener accepted a certificate of another CA");
+        assert!(handshake(&a, &stranger).await.is_err(), "a dialler accepted a certificate of another CA");
+    }
+
+    #[test]
+    fn unusable_files_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = node_config(dir.path(), &ca(), "n");
+        let missing = dir.path().join("missing").to_string_lossy().into_owned();
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, "not PEM").unwrap();
+        let garbage = garbage.to_string_lossy().into_owned();
+        let cases = [
+            (ClusterConfig { tls_key_file: missing.clone(), ..good.clone() }, "cluster.tls_key_file: cannot read"),
+            (ClusterConfig { tls_key_file: garbage.clone(), ..good.clone() }, "cluster.tls_key_file: "),
+            (ClusterConfig { tls_cert_file: garbage.clone(), ..good.clone() }, "cluster.tls_cert_file: "),
+            (ClusterConfig { tls_ca_file: missing, ..good.clone() }, "cluster.tls_ca_file: cannot read"),
+            (ClusterConfig { tls_ca_file: garbage, ..good.clone() }, "cluster.tls_ca_file: "),
+        ];
+        for (config, expected) in cases {
+            let err = ClusterTls::from_config(&config).err().expect("refused").to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        assert!(ClusterTls::from_config(&good).is_ok());
+        assert!(ClusterTls::from_config(&ClusterConfig::default()).unwrap().is_none(), "no files, no TLS");
     }
 }

@@ -55,7 +55,8 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let pem = params.self_signed(&key).expect("a self-signed CA").pem();
         TestCa { issuer: Issuer::new(params, key), pem }
     }
@@ -166,7 +167,8 @@ async fn a_tls_only_cluster_forms_and_serves_and_refuses_strangers() {
         ("COS_WRITE_SIDE_USE_TLS".to_string(), "true".to_string()),
         ("REGENT_WRITE_SIDE_TLS_CA_FILE".to_string(), write(dir.path(), "handler-ca.pem", &handler_ca.pem)),
     ]);
-    let options = ClusterOptions { env, handler_tls: Some((handler_cert.cert, handler_cert.key)), ..Default::default() };
+    let options =
+        ClusterOptions { env, handler_tls: Some((handler_cert.cert, handler_cert.key)), ..Default::default() };
     let mut cluster = Cluster::start(3, options).await;
 
     // Every node serves commands over TLS, and the handler (TLS only) is called.
@@ -176,7 +178,8 @@ async fn a_tls_only_cluster_forms_and_serves_and_refuses_strangers() {
         let mut client = tls_client(addr, &cluster_ca.pem, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         for j in 0..4 {
             let id = entity(&format!("tls-{i}-{j}"));
-            let request = ProcessCommandRequest { entity_id: id.clone(), command: Some(op_any(&format!("op-{i}-{j}"))) };
+            let request =
+                ProcessCommandRequest { entity_id: id.clone(), command: Some(op_any(&format!("op-{i}-{j}"))) };
             let reply = client.process_command(request).await.unwrap_or_else(|e| panic!("{name}: {e}")).into_inner();
             assert_eq!(decode_list(reply.state.as_ref()).unwrap(), [format!("op-{i}-{j}")]);
             entities.push(id);
@@ -270,7 +273,8 @@ async fn the_client_port_serves_tls_only_and_can_demand_client_certificates() {
     let addr = node.local_addr();
     let mut client = tls_client(addr, &ca.pem, None).await.expect("a TLS client connects");
     let id = entity("tls-port");
-    let request = ProcessCommandRequest { entity_id: id.clone(), command: Some(support::handler::command("Append", "a")) };
+    let request =
+        ProcessCommandRequest { entity_id: id.clone(), command: Some(support::handler::command("Append", "a")) };
     client.process_command(request).await.expect("a command over TLS");
     assert!(plaintext_call(addr).await.is_err(), "a plaintext call to the TLS port succeeded");
     let stranger = TestCa::new("a CA the client does not trust for this server");
@@ -467,7 +471,8 @@ async fn secrets_never_reach_the_output_even_at_trace_level() {
     })
     .await;
     let mut node = ChiefOfStateServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
-    let request = ProcessCommandRequest { entity_id: entity("secret"), command: Some(support::handler::command("Append", "a")) };
+    let request =
+        ProcessCommandRequest { entity_id: entity("secret"), command: Some(support::handler::command("Append", "a")) };
     node.process_command(request).await.expect("a command");
     let admin_text = admin_addr.to_string();
     assert_eq!(status_of(&admin_text, "/cluster", Some(&token)).await, 200);

@@ -85,15 +85,12 @@ async fn request(addr: &str, path: &str, token: Option<&str>) -> Result<Response
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
     // Ends with the response (or when the request is dropped).
     tokio::spawn(connection);
-    let mut request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr)
-        .header(hyper::header::ACCEPT, "application/json");
+    let mut request =
+        hyper::Request::get(path).header(hyper::header::HOST, addr).header(hyper::header::ACCEPT, "application/json");
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Error::Address(format!("{addr}{path}")))?;
+    let request = request.body(Empty::<Bytes>::new()).map_err(|_| Error::Address(format!("{addr}{path}")))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
     let headers = response.headers().clone();

@@ -80,9 +80,11 @@ impl RactorTransport {
         let startup = |e: std::io::Error| ractor::SpawnErr::StartupFailed(format!("binding {bind}: {e}").into());
         let (port, encryption, tls_listener) = match &tls {
             None => (bind.port(), None, None),
-            Some(tls) => {
-                (0, Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())), Some(TcpListener::bind(bind).await.map_err(startup)?))
-            }
+            Some(tls) => (
+                0,
+                Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())),
+                Some(TcpListener::bind(bind).await.map_err(startup)?),
+            ),
         };
         let server = NodeServer::new(port, cookie.to_string(), member.to_string(), host.to_string(), encryption, None)
             .with_listen_addr(bind.ip());
@@ -188,7 +190,9 @@ impl Transport for RactorTransport {
                 let handshake = tls.connector.connect(ClusterTls::server_name(host), stream);
                 let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
                     .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("TLS handshake with {address}")))?
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("TLS handshake with {address}"))
+                    })?
                     .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake with {address}: {e}")))?;
                 NetworkStream::TlsClient { peer_addr, local_addr, stream }
             }

@@ -232,7 +232,8 @@ impl HistoryHandler {
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = tls {
             let identity = tonic::transport::Identity::from_pem(cert, key);
-            builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).expect("handler TLS");
+            builder =
+                builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).expect("handler TLS");
         }
         let task = tokio::spawn(async move {
             builder
