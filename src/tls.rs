@@ -336,7 +336,7 @@ mod tests {
             (ClusterConfig { tls_ca_file: garbage, ..good.clone() }, "cluster.tls_ca_file: "),
         ];
         for (config, expected) in cases {
-            let err = ClusterTls::from_config(&config).err().expect("refused").to_string();
+            let err = ClusterTls::from_config(&config).expect_err("refused").to_string();
             assert!(err.starts_with(expected), "{err}");
         }
         assert!(ClusterTls::from_config(&good).is_ok());
