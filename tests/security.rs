@@ -497,3 +497,51 @@ async fn secrets_never_reach_the_output_even_at_trace_level() {
     }
     support::pg::drop_schema(&db.schema).await;
 }
+
+/// Headless Chromium's DOM of `url` after the page's scripts ran (Debian's `chromium`, see `tests/admin_page.rs`).
+async fn rendered_dom(url: String) -> String {
+    let chromium = std::env::var("REGENT_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let output = tokio::task::spawn_blocking(move || {
+        // A page that waits on a dialog never finishes its virtual time: bound the run.
+        Command::new("timeout")
+            .args([
+                "120",
+                &chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+            ])
+            .args(["--disable-extensions", "--virtual-time-budget=4000", "--dump-dom"])
+            .arg(&url)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {chromium} (install Debian's chromium, see scripts/test.sh): {e}"))
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_works_with_a_token() {
+    support::init_logging();
+    let token = format!("page-token-{}", uuid::Uuid::new_v4().simple());
+    let handler = TestHandler::start().await;
+    let mut config = base_config(&handler);
+    config.admin.token = regent::config::Secret::new(token.clone());
+    let schema = config.store.postgres.schema.clone();
+    let node = regent::Node::start(config).await.expect("the node starts");
+    let admin = node.admin_addr().unwrap();
+
+    // The token in the link's fragment: the page keeps it and sends it, and renders the node's data.
+    let dom = rendered_dom(format!("http://{admin}/#token={token}")).await;
+    assert!(dom.contains(r#"data-loaded="true""#), "the page did not render with the token:\n{dom}");
+    assert!(dom.contains(r#"data-node="#), "no member card:\n{dom}");
+    // (Without it the page stops at its prompt for the token, which headless Chromium never answers; the routes'
+    // 401 is checked in `the_admin_token_guards_every_route_but_the_probes`.)
+
+    node.shutdown().await.unwrap();
+    support::pg::drop_schema(&schema).await;
+}
