@@ -10,7 +10,7 @@
 //! TLS listener is ours, not ractor_cluster's: its listener completes each handshake before accepting the next
 //! connection, so one peer that stalls its handshake would hold every other link back. Ours runs each handshake
 //! in its own task with a deadline, then hands the stream to the `NodeServer`; the `NodeServer`'s own listener
-//! is then bound to a spare port and also demands TLS, so that no plaintext listener exists.
+//! is then bound to a spare loopback port and also demands TLS, so that no plaintext listener exists.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -78,16 +78,18 @@ impl RactorTransport {
         events: mpsc::UnboundedSender<LinkEvent>,
     ) -> Result<Self, ractor::SpawnErr> {
         let startup = |e: std::io::Error| ractor::SpawnErr::StartupFailed(format!("binding {bind}: {e}").into());
-        let (port, encryption, tls_listener) = match &tls {
-            None => (bind.port(), None, None),
+        // With TLS, the NodeServer's own listener is idle: a spare loopback port, TLS too (module documentation).
+        let (port, listen_ip, encryption, tls_listener) = match &tls {
+            None => (bind.port(), bind.ip(), None, None),
             Some(tls) => (
                 0,
+                IpAddr::from([127, 0, 0, 1]),
                 Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())),
                 Some(TcpListener::bind(bind).await.map_err(startup)?),
             ),
         };
         let server = NodeServer::new(port, cookie.to_string(), member.to_string(), host.to_string(), encryption, None)
-            .with_listen_addr(bind.ip());
+            .with_listen_addr(listen_ip);
         let (server, _) = Actor::spawn(Some(format!("regent.node-server.{member}")), server, ()).await?;
         let listener = match (tls_listener, &tls) {
             (Some(listener), Some(tls)) => Some(tokio::spawn(accept_tls(listener, tls.clone(), server.clone()))),
