@@ -2,7 +2,8 @@
 //! with the original line's legacy names as aliases) → command-line flags → [`Config::validate`].
 //!
 //! Every key is documented in `config/regent.example.toml` and `docs/configuration.md`;
-//! `regent start --dump-config` prints the result ([`Config::to_toml`], password hidden).
+//! `regent start --dump-config` prints the result ([`Config::to_toml`], with the password, cookie and admin token
+//! hidden).
 //!
 //! The environment is read through one table ([`ENV_VARS`]) that maps each variable, and its legacy aliases, to a
 //! key path and a value kind. Each value is parsed here, so a bad value is reported with the variable's name
@@ -1056,7 +1057,8 @@ impl Config {
         Ok(sides)
     }
 
-    /// The configuration as TOML, for `--dump-config`; the database password is printed as `***`.
+    /// The configuration as TOML, for `--dump-config`; the database password, the cookie and the admin token are
+    /// printed as `***`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.postgres.password = REDACTED.into();
