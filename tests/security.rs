@@ -7,7 +7,8 @@
 //! | a node with the wrong cookie, a certificate of another CA, or no TLS is refused and never a member | same test |
 //! | a node with the wrong cookie is refused on a plaintext cluster too | `a_node_with_the_wrong_cookie_is_refused` |
 //! | the client port serves TLS only; mutual TLS refuses clients without a certificate | `the_client_port_serves_tls_only_and_can_demand_client_certificates` |
-//! | admin token: 401 without, 200 with, probes open, CLI `--token` | `the_admin_token_guards_every_route_but_the_probes` |
+//! | read sides with `useTls` and a private CA; a handler the CA does not vouch for gets nothing | `read_sides_call_their_handler_over_tls_with_a_private_ca` |
+//! | admin token: 401 without, 200 with, probes open, CLI `--token`; the page works with it | `the_admin_token_guards_every_route_but_the_probes`, `the_admin_page_works_with_a_token` |
 //! | the database password, cookie and admin token never reach the output or `--dump-config` | `secrets_never_reach_the_output_even_at_trace_level` |
 //!
 //! Run: `REGENT_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:55440/postgres cargo test --test security`.
@@ -32,6 +33,7 @@ use regent::proto::chief_of_state::v1::chief_of_state_service_client::ChiefOfSta
 use regent::proto::chief_of_state::v1::{GetStateRequest, ProcessCommandRequest};
 use support::cluster::{Cluster, ClusterOptions, PATIENCE, http_get, node_ip, up_nodes};
 use support::history::{decode_list, op_any};
+use support::read_handler::{ReadHandler, ReadSideSpec, ReadSidesYaml};
 use support::{TestHandler, base_config, entity, eventually};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -543,5 +545,59 @@ async fn the_admin_page_works_with_a_token() {
     // 401 is checked in `the_admin_token_guards_every_route_but_the_probes`.)
 
     node.shutdown().await.unwrap();
+    support::pg::drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_sides_call_their_handler_over_tls_with_a_private_ca() {
+    regent::tls::install_crypto_provider();
+    support::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("read handlers CA");
+    let leaf = ca.leaf("read handler");
+    let mut trusted = ReadHandler::start_with_tls(Some((leaf.cert.clone(), leaf.key.clone()))).await;
+    // A second handler whose certificate comes from a CA the node does not trust.
+    let stranger = TestCa::new("not trusted").leaf("impostor");
+    let mut untrusted = ReadHandler::start_with_tls(Some((stranger.cert, stranger.key))).await;
+    let yaml = ReadSidesYaml::write(&[
+        ReadSideSpec::new("trusted", trusted.port()).use_tls(true),
+        ReadSideSpec::new("untrusted", untrusted.port()).use_tls(true),
+    ]);
+    let handler = TestHandler::start().await;
+    let mut config = base_config(&handler);
+    config.entities.num_shards = 2;
+    config.read_side.enabled = true;
+    config.read_side.config = yaml.path_str();
+    config.read_side.tls_ca_file = write(dir.path(), "read-ca.pem", &ca.pem);
+    let schema = config.store.postgres.schema.clone();
+    let node = regent::Node::start(config).await.expect("the node starts");
+    let channel = Endpoint::from_shared(format!("http://{}", node.local_addr())).unwrap().connect().await.unwrap();
+    let mut client = ChiefOfStateServiceClient::new(channel);
+    let id = entity("read-tls");
+    let request =
+        ProcessCommandRequest { entity_id: id.clone(), command: Some(support::handler::command("Append", "a")) };
+    client.process_command(request).await.expect("a command");
+
+    eventually("the event delivered over TLS", Duration::from_secs(30), || {
+        let delivered = trusted.log.has_delivered("trusted", &id, 1);
+        async move { delivered.then_some(()) }
+    })
+    .await;
+    // The other read side fails on the handler's certificate (and stops, its policy), having called nothing.
+    let admin = node.admin_addr().unwrap().to_string();
+    let failed = eventually("the untrusted read side failing", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let views: Vec<regent::metrics::ReadSideView> = client::get_json(&admin, "/readsides", &[]).await.ok()?;
+            views.into_iter().find(|v| v.read_side == "untrusted" && v.failures > 0)
+        }
+    })
+    .await;
+    assert!(untrusted.log.is_empty(), "a handler with a certificate of an untrusted CA was called");
+    assert_eq!(failed.delivered, 0, "{failed:?}");
+
+    node.shutdown().await.unwrap();
+    trusted.stop().await;
+    untrusted.stop().await;
     support::pg::drop_schema(&schema).await;
 }
