@@ -9,6 +9,7 @@
 //! | the client port serves TLS only; mutual TLS refuses clients without a certificate | `the_client_port_serves_tls_only_and_can_demand_client_certificates` |
 //! | read sides with `useTls` and a private CA; a handler the CA does not vouch for gets nothing | `read_sides_call_their_handler_over_tls_with_a_private_ca` |
 //! | admin token: 401 without, 200 with, probes open, CLI `--token`; the page works with it | `the_admin_token_guards_every_route_but_the_probes`, `the_admin_page_works_with_a_token` |
+//! | a node binding the admin endpoint beyond loopback without a token warns | `an_admin_endpoint_beyond_loopback_without_a_token_is_warned_about` |
 //! | the database password, cookie and admin token never reach the output or `--dump-config` | `secrets_never_reach_the_output_even_at_trace_level` |
 //!
 //! Run: `REGENT_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:55440/postgres cargo test --test security`.
@@ -600,4 +601,36 @@ async fn read_sides_call_their_handler_over_tls_with_a_private_ca() {
     trusted.stop().await;
     untrusted.stop().await;
     support::pg::drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_endpoint_beyond_loopback_without_a_token_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let localhost = IpAddr::from([127, 0, 0, 1]);
+    for (token, warned) in [("", true), ("a-token-for-the-wide-admin-endpoint", false)] {
+        let admin = support::cluster::free_port(localhost);
+        let env: Vec<(String, String)> = [
+            ("REGENT_DATA_DIR", dir.path().join(format!("data-{warned}")).to_string_lossy().into_owned()),
+            ("COS_ADDRESS", "127.0.0.1".to_string()),
+            ("COS_PORT", "0".to_string()),
+            ("REGENT_ADMIN_ADDRESS", "0.0.0.0".to_string()),
+            ("REGENT_ADMIN_PORT", admin.to_string()),
+            ("REGENT_ADMIN_TOKEN", token.to_string()),
+            ("NO_COLOR", "1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let log = dir.path().join(format!("node-{warned}.log"));
+        let mut child = regent_start(&["--example-handler"], &env, &log);
+        // The warning comes before the node's "started" line.
+        let output = eventually("the node started", Duration::from_secs(30), || {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { output.contains("regent node started").then_some(output) }
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(output.contains("the admin endpoint listens beyond loopback without a token"), warned, "{output}");
+    }
 }
