@@ -15,6 +15,8 @@ fi
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# Licences, bans and sources of the dependency tree (advisories when a database is present): scripts/deny.sh.
+bash scripts/deny.sh
 
 pg_start
 trap pg_stop EXIT

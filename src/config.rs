@@ -2,7 +2,8 @@
 //! with the original line's legacy names as aliases) → command-line flags → [`Config::validate`].
 //!
 //! Every key is documented in `config/regent.example.toml` and `docs/configuration.md`;
-//! `regent start --dump-config` prints the result ([`Config::to_toml`], password hidden).
+//! `regent start --dump-config` prints the result ([`Config::to_toml`], with the password, cookie and admin token
+//! hidden).
 //!
 //! The environment is read through one table ([`ENV_VARS`]) that maps each variable, and its legacy aliases, to a
 //! key path and a value kind. Each value is parsed here, so a bad value is reported with the variable's name
@@ -47,6 +48,14 @@ pub struct ServerConfig {
     pub port: u16,
     /// Largest gRPC message accepted or sent, in bytes (`REGENT_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
+    /// `REGENT_TLS_CERT_FILE`: PEM certificate chain of the client port; set with `tls_key_file`, the port serves
+    /// TLS only (empty = plaintext).
+    pub tls_cert_file: String,
+    /// `REGENT_TLS_KEY_FILE`: PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// `REGENT_TLS_CLIENT_CA_FILE`: PEM CA certificate(s); when set, clients must present a certificate it signed
+    /// (mutual TLS). Needs `tls_cert_file`.
+    pub tls_client_ca_file: String,
 }
 
 /// Logging.
@@ -123,6 +132,9 @@ pub struct WriteSideConfig {
     pub calls_timeout_ms: u64,
     /// `COS_GRPC_CLIENT_POOL_SIZE`: channels to the handler, used round-robin.
     pub pool_size: usize,
+    /// `REGENT_WRITE_SIDE_TLS_CA_FILE`: with `use_tls`, trust only the CA certificate(s) in this PEM file for the
+    /// handler (a private CA); empty = the system's roots.
+    pub tls_ca_file: String,
 }
 
 /// Entities, shards, passivation.
@@ -167,6 +179,9 @@ pub struct ReadSideConfig {
     /// `COS_READ_SIDE_CONFIG`: a YAML file, or a folder of them; empty = use the `COS_READ_SIDE_CONFIG__*`
     /// variables.
     pub config: String,
+    /// `REGENT_READ_SIDE_TLS_CA_FILE`: for the read sides with `useTls`, trust only the CA certificate(s) in this
+    /// PEM file (a private CA); empty = the system's roots.
+    pub tls_ca_file: String,
 }
 
 /// Event subscriptions (`Subscribe`, `SubscribeAll`).
@@ -238,6 +253,14 @@ pub struct ClusterConfig {
     pub handoff_timeout_ms: u64,
     /// `REGENT_CLUSTER_LEAVE_TIMEOUT_MS`: how long a leaving node waits for its shards to be handed off.
     pub leave_timeout_ms: u64,
+    /// `REGENT_CLUSTER_TLS_CERT_FILE`: this node's PEM certificate chain for node-to-node links. The three
+    /// `tls_*` files are set together (mutual TLS) or not at all (plaintext links).
+    pub tls_cert_file: String,
+    /// `REGENT_CLUSTER_TLS_KEY_FILE`: the PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// `REGENT_CLUSTER_TLS_CA_FILE`: the PEM certificate(s) of the CA that signs every member's certificate; a
+    /// peer must present a certificate it signed, in both directions.
+    pub tls_ca_file: String,
 }
 
 /// A secret setting: its `Debug` never shows it (logs, panics); read it with [`Secret::expose`].
@@ -271,6 +294,9 @@ pub struct AdminConfig {
     pub address: String,
     /// `REGENT_ADMIN_PORT` (0 = pick a free port)
     pub port: u16,
+    /// `REGENT_ADMIN_TOKEN`: when set, every route but `/health`, `/ready` and the page's files needs
+    /// `Authorization: Bearer <token>` (never printed).
+    pub token: Secret,
 }
 
 impl Default for ClusterConfig {
@@ -302,13 +328,16 @@ impl Default for ClusterConfig {
             rebalance_relative_limit: 0.1,
             handoff_timeout_ms: 60_000,
             leave_timeout_ms: 30_000,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
         }
     }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, address: "127.0.0.1".into(), port: 8558 }
+        Self { enabled: true, address: "127.0.0.1".into(), port: 8558, token: Secret::default() }
     }
 }
 
@@ -332,7 +361,14 @@ impl Default for Config {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { address: "0.0.0.0".into(), port: 9000, max_message_bytes: 4 * 1024 * 1024 }
+        Self {
+            address: "0.0.0.0".into(),
+            port: 9000,
+            max_message_bytes: 4 * 1024 * 1024,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+        }
     }
 }
 
@@ -378,6 +414,7 @@ impl Default for WriteSideConfig {
             persisted_headers: Vec::new(),
             calls_timeout_ms: 60_000,
             pool_size: 1,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -589,6 +626,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_ADDRESS", &[], "server.address", EnvKind::Str),
     var("COS_PORT", &[], "server.port", U16),
     var("REGENT_MAX_MESSAGE_BYTES", &[], "server.max_message_bytes", USIZE),
+    var("REGENT_TLS_CERT_FILE", &[], "server.tls_cert_file", EnvKind::Str),
+    var("REGENT_TLS_KEY_FILE", &[], "server.tls_key_file", EnvKind::Str),
+    var("REGENT_TLS_CLIENT_CA_FILE", &[], "server.tls_client_ca_file", EnvKind::Str),
     var("LOG_LEVEL", &[], "log.level", EnvKind::Str),
     var("LOG_STYLE", &[], "log.style", EnvKind::LogStyle),
     var("REGENT_STORE_BACKEND", &[], "store.backend", EnvKind::Backend),
@@ -616,6 +656,7 @@ pub const ENV_VARS: &[EnvVar] = &[
         EnvKind::WriteSidePort,
     ),
     var("COS_WRITE_SIDE_USE_TLS", &[], "write_side.use_tls", EnvKind::Bool),
+    var("REGENT_WRITE_SIDE_TLS_CA_FILE", &[], "write_side.tls_ca_file", EnvKind::Str),
     var(
         "COS_WRITE_SIDE_PROTO_VALIDATION",
         &["HANDLER_SERVICE_ENABLE_PROTO_VALIDATION"],
@@ -649,6 +690,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_JOURNAL_LOGICAL_DELETION", &[], "snapshots.delete_events", EnvKind::Bool),
     var("COS_READ_SIDE_ENABLED", &[], "read_side.enabled", EnvKind::Bool),
     var("COS_READ_SIDE_CONFIG", &[], "read_side.config", EnvKind::Str),
+    var("REGENT_READ_SIDE_TLS_CA_FILE", &[], "read_side.tls_ca_file", EnvKind::Str),
     var("COS_SUBSCRIPTION_ENABLED", &[], "subscriptions.enabled", EnvKind::Bool),
     var("REGENT_SUBSCRIPTION_BUFFER", &[], "subscriptions.buffer", USIZE),
     var("REGENT_CLUSTER_ENABLED", &[], "cluster.enabled", EnvKind::Bool),
@@ -680,9 +722,13 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("REGENT_SHARDING_REBALANCE_ABSOLUTE_LIMIT", &[], "cluster.rebalance_absolute_limit", USIZE),
     var("REGENT_SHARDING_HANDOFF_TIMEOUT_MS", &[], "cluster.handoff_timeout_ms", EnvKind::Millis),
     var("REGENT_CLUSTER_LEAVE_TIMEOUT_MS", &[], "cluster.leave_timeout_ms", EnvKind::Millis),
+    var("REGENT_CLUSTER_TLS_CERT_FILE", &[], "cluster.tls_cert_file", EnvKind::Str),
+    var("REGENT_CLUSTER_TLS_KEY_FILE", &[], "cluster.tls_key_file", EnvKind::Str),
+    var("REGENT_CLUSTER_TLS_CA_FILE", &[], "cluster.tls_ca_file", EnvKind::Str),
     var("REGENT_ADMIN_ENABLED", &[], "admin.enabled", EnvKind::Bool),
     var("REGENT_ADMIN_ADDRESS", &[], "admin.address", EnvKind::Str),
     var("REGENT_ADMIN_PORT", &[], "admin.port", U16),
+    var("REGENT_ADMIN_TOKEN", &[], "admin.token", EnvKind::Str),
 ];
 
 /// Variables that CoS samples still set but that have no effect (in CoS either): accepted and ignored.
@@ -911,9 +957,31 @@ impl Config {
         })?;
         check(self.subscriptions.buffer >= 1, "subscriptions.buffer", || "must be at least 1".into())?;
         check(!self.admin.address.is_empty(), "admin.address", || "must not be empty".into())?;
+        self.validate_tls()?;
         if self.cluster.enabled {
             self.validate_cluster()?;
         }
+        Ok(())
+    }
+
+    /// The TLS files come in sets: a certificate with its key (and, for the cluster, its CA); a client CA needs
+    /// a server certificate. The files themselves are read when the node starts.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |path: &str| !path.trim().is_empty();
+        let s = &self.server;
+        check(set(&s.tls_cert_file) == set(&s.tls_key_file), "server.tls_key_file", || {
+            "server.tls_cert_file and server.tls_key_file are set together or not at all".into()
+        })?;
+        check(!set(&s.tls_client_ca_file) || set(&s.tls_cert_file), "server.tls_client_ca_file", || {
+            "client certificates (mutual TLS) need server.tls_cert_file and server.tls_key_file".into()
+        })?;
+        let c = &self.cluster;
+        let files = [&c.tls_cert_file, &c.tls_key_file, &c.tls_ca_file];
+        check(files.iter().all(|f| set(f)) || files.iter().all(|f| !set(f)), "cluster.tls_ca_file", || {
+            "cluster.tls_cert_file, cluster.tls_key_file and cluster.tls_ca_file are set together (mutual TLS \
+             between nodes) or not at all"
+                .into()
+        })?;
         Ok(())
     }
 
@@ -993,15 +1061,23 @@ impl Config {
         if !self.read_side.enabled {
             return Ok(Vec::new());
         }
-        read_sides::load(&self.read_side.config, env_vars)
+        let mut sides = read_sides::load(&self.read_side.config, env_vars)?;
+        for side in &mut sides {
+            side.tls_ca_file = self.read_side.tls_ca_file.clone();
+        }
+        Ok(sides)
     }
 
-    /// The configuration as TOML, for `--dump-config`; the database password is printed as `***`.
+    /// The configuration as TOML, for `--dump-config`; the database password, the cookie and the admin token are
+    /// printed as `***`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.postgres.password = REDACTED.into();
         if !shown.cluster.cookie.expose().is_empty() {
             shown.cluster.cookie = Secret(REDACTED.into());
+        }
+        if !shown.admin.token.expose().is_empty() {
+            shown.admin.token = Secret(REDACTED.into());
         }
         shown.store.data_dir = PathBuf::from(shown.store.data_dir.to_string_lossy().into_owned());
         toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
@@ -1452,6 +1528,48 @@ mod tests {
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_sets() {
+        let ok: &[&[(&str, &str)]] = &[
+            &[],
+            &[("REGENT_TLS_CERT_FILE", "c.pem"), ("REGENT_TLS_KEY_FILE", "k.pem")],
+            &[("REGENT_TLS_CERT_FILE", "c"), ("REGENT_TLS_KEY_FILE", "k"), ("REGENT_TLS_CLIENT_CA_FILE", "ca")],
+            &[
+                ("REGENT_CLUSTER_TLS_CERT_FILE", "c"),
+                ("REGENT_CLUSTER_TLS_KEY_FILE", "k"),
+                ("REGENT_CLUSTER_TLS_CA_FILE", "a"),
+            ],
+            &[("REGENT_WRITE_SIDE_TLS_CA_FILE", "ca"), ("REGENT_READ_SIDE_TLS_CA_FILE", "ca")],
+        ];
+        for vars in ok {
+            load(None, vars).unwrap_or_else(|e| panic!("{vars:?}: {e}"));
+        }
+        let bad: &[(&[(&str, &str)], &str)] = &[
+            (&[("REGENT_TLS_CERT_FILE", "c.pem")], "server.tls_key_file (REGENT_TLS_KEY_FILE)"),
+            (&[("REGENT_TLS_KEY_FILE", "k.pem")], "server.tls_key_file (REGENT_TLS_KEY_FILE)"),
+            (&[("REGENT_TLS_CLIENT_CA_FILE", "ca")], "server.tls_client_ca_file (REGENT_TLS_CLIENT_CA_FILE)"),
+            (
+                &[("REGENT_CLUSTER_TLS_CERT_FILE", "c"), ("REGENT_CLUSTER_TLS_KEY_FILE", "k")],
+                "cluster.tls_ca_file (REGENT_CLUSTER_TLS_CA_FILE)",
+            ),
+            (&[("REGENT_CLUSTER_TLS_CA_FILE", "a")], "cluster.tls_ca_file (REGENT_CLUSTER_TLS_CA_FILE)"),
+        ];
+        for (vars, expected) in bad {
+            let err = load(None, vars).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_never_printed() {
+        let config = load(None, &[("REGENT_ADMIN_TOKEN", "s3cret-token")]).unwrap();
+        assert_eq!(config.admin.token.expose(), "s3cret-token");
+        assert!(!format!("{config:?}").contains("s3cret-token"));
+        let dump = config.to_toml();
+        assert!(!dump.contains("s3cret-token") && dump.contains(r#"token = "***""#), "{dump}");
+        assert!(Config::default().to_toml().contains(r#"token = """#), "no token: nothing to hide");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - [`subscriptions`]: publication of persisted events to `Subscribe` / `SubscribeAll` streams.
 //! - [`metrics`]: the Prometheus metric families (`/metrics` on the admin endpoint) and the gRPC metrics layer.
 //! - [`telemetry`]: logging, the OTLP trace exporter and W3C trace-context propagation.
+//! - [`tls`]: TLS for the client port, the calls to handlers and the node-to-node links.
 pub mod actors;
 pub mod admin;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod persistence;
 pub mod proto;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod tls;
 pub mod write_side;
 
 pub use node::Node;

@@ -21,6 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    regent::tls::install_crypto_provider();
     let outcome = match cli.command {
         Command::Start(args) => start(args).await,
         Command::ExampleHandler(args) => example_handler(args).await,

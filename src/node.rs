@@ -41,6 +41,8 @@ pub enum Error {
     Bind { addr: String, source: std::io::Error },
     #[error("write handler endpoint: {0}")]
     WriteHandler(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::Error),
     #[error("cannot start the actor system: {0}")]
     Actors(#[from] ractor::SpawnErr),
     #[error("gRPC server: {0}")]
@@ -78,10 +80,14 @@ impl Node {
     /// [`start`](Self::start) with the read sides given (used when `read_side.enabled`).
     pub async fn start_with(config: Config, read_sides: Vec<ReadSideSettings>) -> Result<Node, Error> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
         let endpoint = config.write_side_endpoint()?;
+        // TLS files are read before anything starts, so that a bad one stops the node at once.
+        let server_tls = crate::tls::server_tls(&config.server)?;
         let cluster = if config.cluster.enabled { Some(ClusterRuntime::join(&config).await?) } else { None };
         let mut handler = WriteHandler::connect_lazy(
             &endpoint,
+            &config.write_side.tls_ca_file,
             config.write_side.pool_size,
             Duration::from_millis(config.write_side.calls_timeout_ms),
             config.server.max_message_bytes,
@@ -110,9 +116,13 @@ impl Node {
             .map_err(|e| Error::Server(e.to_string()))?;
         let manager = engine.read_side_manager();
 
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = server_tls {
+            builder = builder.tls_config(tls)?;
+        }
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .layer(crate::metrics::GrpcMetricsLayer)
                 .add_service(health)
                 .add_service(reflection)
@@ -132,7 +142,15 @@ impl Node {
             }
             Some(cluster) => follow_cluster_readiness(cluster, readiness.clone()),
         }
-        info!(address = %local_addr, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
+        let tls = match (
+            crate::tls::is_set(&config.server.tls_cert_file),
+            crate::tls::is_set(&config.server.tls_client_ca_file),
+        ) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "mutual",
+        };
+        info!(address = %local_addr, tls, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
         let drain_timeout = Duration::from_secs(config.entities.command_handler_timeout_secs) + DRAIN_MARGIN;
         Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin, drain_timeout })
     }
@@ -262,9 +280,17 @@ async fn start_admin(
         cluster: source,
         actors: ActorRoots::new(roots),
         read_sides: engine.read_side_manager(),
+        token: config.admin.token.clone(),
     };
     let addr = format!("{}:{}", config.admin.address, config.admin.port);
     let admin = AdminServer::start(&addr, ctx).await.map_err(|source| Error::Bind { addr, source })?;
+    if !admin.local_addr().ip().is_loopback() && config.admin.token.expose().is_empty() {
+        tracing::warn!(
+            address = %admin.local_addr(),
+            "the admin endpoint listens beyond loopback without a token: anyone who reaches it can read the \
+             cluster's state; set REGENT_ADMIN_TOKEN"
+        );
+    }
     Ok((readiness, Some(admin)))
 }
 

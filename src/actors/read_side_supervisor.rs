@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadSideProcessor};
@@ -108,12 +108,8 @@ impl Actor for ReadSideSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut read_sides = HashMap::new();
         for settings in args.read_sides.into_iter().filter(|r| r.enabled) {
-            let endpoint = Endpoint::from_shared(settings.endpoint())?.tcp_nodelay(true);
-            let endpoint = if settings.use_tls {
-                endpoint.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?
-            } else {
-                endpoint
-            };
+            let endpoint =
+                crate::tls::handler_endpoint(&settings.endpoint(), "read_side.tls_ca_file", &settings.tls_ca_file)?;
             let client = ReadSideHandlerServiceClient::new(endpoint.connect_lazy());
             // autoStart: true resumes a read side paused before; false starts it paused.
             for shard in 0..args.num_shards {

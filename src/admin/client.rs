@@ -42,16 +42,31 @@ pub struct Response {
 
 /// `GET path` (with its query) on the admin endpoint at `node` (`host:port` or `http://host:port`).
 pub async fn get(node: &str, path: &str) -> Result<Response, Error> {
+    get_with_token(node, path, None).await
+}
+
+/// [`get`], sending `token` (when given) as `Authorization: Bearer <token>`.
+pub async fn get_with_token(node: &str, path: &str, token: Option<&str>) -> Result<Response, Error> {
     let authority = authority(node)?;
     let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(DEFAULT_PORT));
-    tokio::time::timeout(TIMEOUT, request(&addr, path))
+    tokio::time::timeout(TIMEOUT, request(&addr, path, token))
         .await
         .unwrap_or_else(|_| Err(Error::Timeout { addr: addr.clone() }))
 }
 
 /// [`get`], expecting `200` (or another status listed in `accepted`) and a JSON body.
 pub async fn get_json<T: DeserializeOwned>(node: &str, path: &str, accepted: &[StatusCode]) -> Result<T, Error> {
-    let response = get(node, path).await?;
+    get_json_with_token(node, path, accepted, None).await
+}
+
+/// [`get_json`] with a token (see [`get_with_token`]).
+pub async fn get_json_with_token<T: DeserializeOwned>(
+    node: &str,
+    path: &str,
+    accepted: &[StatusCode],
+    token: Option<&str>,
+) -> Result<T, Error> {
+    let response = get_with_token(node, path, token).await?;
     let url = format!("{}{path}", node.trim_end_matches('/'));
     if response.status != StatusCode::OK && !accepted.contains(&response.status) {
         let detail = String::from_utf8_lossy(&response.body).into_owned();
@@ -64,17 +79,18 @@ pub async fn get_json<T: DeserializeOwned>(node: &str, path: &str, accepted: &[S
     })
 }
 
-async fn request(addr: &str, path: &str) -> Result<Response, Error> {
+async fn request(addr: &str, path: &str, token: Option<&str>) -> Result<Response, Error> {
     let stream = TcpStream::connect(addr).await.map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
     let http = |source| Error::Http { addr: addr.to_string(), source };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
     // Ends with the response (or when the request is dropped).
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr)
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Error::Address(format!("{addr}{path}")))?;
+    let mut request =
+        hyper::Request::get(path).header(hyper::header::HOST, addr).header(hyper::header::ACCEPT, "application/json");
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|_| Error::Address(format!("{addr}{path}")))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
     let headers = response.headers().clone();

@@ -13,6 +13,9 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text, see [`crate::metrics`]).
 //! - `GET /`: the admin page ([`page`]): members, shard map, read sides and actor tree, refreshed live.
 //!
+//! With a token (`admin.token`), every route but `/health`, `/ready` and the page's own files (`/`, `/admin.css`,
+//! `/admin.js`: static, no data) answers `401` unless the request carries `Authorization: Bearer <token>`.
+//!
 //! [`server`] serves them, [`client`] is the HTTP GET `regent admin` uses.
 
 pub mod actors;
@@ -43,6 +46,8 @@ pub struct AdminContext {
     pub actors: ActorRoots,
     /// `/readsides` and the read-side metrics, when read sides are enabled.
     pub read_sides: Option<crate::grpc::manager::ReadSideManager>,
+    /// The bearer token the data routes demand (empty = none).
+    pub token: crate::config::Secret,
 }
 
 /// Whether the node takes traffic, and if not why (`/ready`).

@@ -6,9 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -87,7 +88,48 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/admin.css", get(super::page::stylesheet))
         .route("/admin.js", get(super::page::script))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token))
         .with_state(ctx)
+}
+
+/// The routes served without the token: the probes, and the page's static files (the page asks for the token and
+/// sends it with its own requests).
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/", "/admin.css", "/admin.js"];
+
+/// With a token configured, answers `401` to a request for any other path that lacks `Authorization: Bearer
+/// <token>`.
+async fn require_token(State(ctx): State<AdminContext>, request: Request, next: Next) -> Response {
+    let expected = ctx.token.expose();
+    if expected.is_empty() || OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match given {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"regent-admin\"")],
+            Json(json!({ "error": "this admin endpoint needs its token: Authorization: Bearer <REGENT_ADMIN_TOKEN>" })),
+        )
+            .into_response(),
+    }
+}
+
+/// Compares two secrets in a time that depends on their lengths only, not on where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = given.len() ^ expected.len();
+    for i in 0..given.len().max(expected.len()) {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = expected.get(i).copied().unwrap_or(0);
+        difference |= usize::from(a ^ b);
+    }
+    std::hint::black_box(difference) == 0
 }
 
 async fn health() -> impl IntoResponse {
@@ -167,6 +209,7 @@ mod tests {
             cluster: Arc::new(single),
             actors: ActorRoots::default(),
             read_sides: None,
+            token: Default::default(),
         };
         let server = AdminServer::start("127.0.0.1:0", ctx).await.unwrap();
         let addr = server.local_addr().to_string();
@@ -190,5 +233,14 @@ mod tests {
 
         server.shutdown().await;
         assert!(matches!(client::get(&addr, "/health").await, Err(client::Error::Connect { .. })));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(same_secret(b"", b""));
+        for (a, b) in [(&b"abc"[..], &b"abd"[..]), (b"abc", b"ab"), (b"ab", b"abc"), (b"", b"a"), (b"abc\0", b"abc")] {
+            assert!(!same_secret(a, b), "{a:?} = {b:?}");
+        }
     }
 }

@@ -17,24 +17,25 @@ use crate::cluster::status::ClusterStatus;
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Health(node) => {
-            let health: Value = client::get_json(&node.node, "/health", &[]).await?;
+            let health: Value = client::get_json_with_token(&node.node, "/health", &[], node.token()).await?;
             println!("{}", health["status"].as_str().unwrap_or("unknown"));
         }
         AdminCommand::Ready(node) => {
             let readiness: Readiness =
-                client::get_json(&node.node, "/ready", &[StatusCode::SERVICE_UNAVAILABLE]).await?;
+                client::get_json_with_token(&node.node, "/ready", &[StatusCode::SERVICE_UNAVAILABLE], node.token())
+                    .await?;
             if !readiness.ready {
                 bail!("not ready: {}", readiness.reason);
             }
             println!("ready");
         }
         AdminCommand::Cluster(node) => {
-            let status: ClusterStatus = client::get_json(&node.node, "/cluster", &[]).await?;
+            let status: ClusterStatus = client::get_json_with_token(&node.node, "/cluster", &[], node.token()).await?;
             print!("{}", render_cluster(&status));
         }
         AdminCommand::Actors { max_entities, node } => {
             let path = format!("/actors?max_entities={max_entities}");
-            let tree: ActorTree = client::get_json(&node.node, &path, &[]).await?;
+            let tree: ActorTree = client::get_json_with_token(&node.node, &path, &[], node.token()).await?;
             print!("{}", render_actors(&tree));
         }
     }

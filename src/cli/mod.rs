@@ -63,6 +63,17 @@ pub struct AdminNodeArg {
     /// The node's admin endpoint: `host:port` or `http://host:port`.
     #[arg(long, default_value = "127.0.0.1:8558", env = "REGENT_ADMIN_NODE")]
     pub node: String,
+    /// The node's admin token (`admin.token`), sent as `Authorization: Bearer`; prefer the environment variable
+    /// to the flag (a flag shows in the process list).
+    #[arg(long, env = "REGENT_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl AdminNodeArg {
+    /// The token, when one was given.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -253,6 +253,18 @@ impl MembershipStore {
     /// (Akka's `min-nr-of-members`), and no live member is unreachable (Akka's convergence). Joining members
     /// whose lease expired are not promoted. Returns the promoted members.
     pub async fn promote_joining(&self, leader: &MemberId, min_members: usize) -> Result<Vec<Member>> {
+        self.promote_joining_if(leader, min_members, &|_| true).await
+    }
+
+    /// [`promote_joining`](Self::promote_joining), of the joining members for which `eligible` holds only (the
+    /// leader passes those it has an authenticated link with: a node that cannot link, e.g. with the wrong cookie
+    /// or certificate, stays `joining`).
+    pub async fn promote_joining_if(
+        &self,
+        leader: &MemberId,
+        min_members: usize,
+        eligible: &(dyn Fn(&MemberId) -> bool + Sync),
+    ) -> Result<Vec<Member>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         bump_version(&tx).await?;
@@ -292,6 +304,9 @@ impl MembershipStore {
         let mut promoted = Vec::with_capacity(joining.len());
         for row in &joining {
             let (node, incarnation): (String, String) = (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+            if !eligible(&MemberId::new(node.clone(), incarnation.clone())) {
+                continue;
+            }
             if let Some(row) = tx.query_opt(&promote, &[&node, &incarnation]).await.map_err(db)? {
                 promoted.push(member_from_row(&row)?);
             }

@@ -143,6 +143,9 @@ pub enum Error {
     /// A row the code cannot interpret.
     #[error("unexpected cluster data: {0}")]
     Corrupt(String),
+    /// The node-to-node TLS files (`cluster.tls_*`) cannot be used.
+    #[error("node-to-node TLS: {0}")]
+    Tls(#[from] crate::tls::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -355,6 +355,8 @@ impl ClusterRuntime {
     /// started with [`ClusterRuntime::context`] before [`ClusterRuntime::run`].
     pub async fn join(config: &Config) -> Result<Self, Error> {
         let cluster = &config.cluster;
+        // Read before joining: a bad certificate must not leave a member row behind.
+        let tls = crate::tls::ClusterTls::from_config(cluster)?;
         let node = if cluster.node_name.is_empty() { host_name() } else { cluster.node_name.clone() };
         let incarnation = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let me = MemberId::new(node, incarnation);
@@ -391,7 +393,7 @@ impl ClusterRuntime {
         let bind: SocketAddr = format!("{}:{bind_port}", cluster.bind_address)
             .parse()
             .map_err(|e| Error::Corrupt(format!("cluster bind address {}:{bind_port}: {e}", cluster.bind_address)))?;
-        let transport = RactorTransport::start(bind, &context.me_key, &host, cluster.cookie.expose(), events_tx)
+        let transport = RactorTransport::start(bind, &context.me_key, &host, cluster.cookie.expose(), tls, events_tx)
             .await
             .map_err(|e| Error::Corrupt(format!("cannot start the node-to-node listener on {bind}: {e}")))?;
         let (peer, _) = Actor::spawn(Some(peer_actor_name(&context.me_key)), PeerActor, context.clone())
@@ -724,10 +726,10 @@ impl Daemon {
         {
             let mut view = self.context.view.write().expect("view lock");
             view.snapshot = Some(snapshot.clone());
-            view.linked = linked;
+            view.linked = linked.clone();
             view.leader = leader.as_ref().map(|h| h.holder.to_string());
         }
-        self.lead(&snapshot, now).await;
+        self.lead(&snapshot, &linked, now).await;
     }
 
     /// Links to every live member without a link (and, now and then, to seeds and DNS-discovered addresses).
@@ -858,7 +860,7 @@ impl Daemon {
     }
 
     /// The leader's duties, if this member is (or should be) the leader.
-    async fn lead(&mut self, snapshot: &Arc<ClusterSnapshot>, now: Instant) {
+    async fn lead(&mut self, snapshot: &Arc<ClusterSnapshot>, linked: &HashSet<String>, now: Instant) {
         let me = self.context.me.clone();
         if !self.is_leader_candidate(snapshot) {
             self.leader_epoch = None;
@@ -883,11 +885,14 @@ impl Daemon {
             self.stop_coordinator();
             self.leader_epoch = Some(epoch);
         }
-        // The first node forms the cluster once the required contact points have joined (COS_REPLICA_COUNT).
+        // The first node forms the cluster once the required contact points have joined (COS_REPLICA_COUNT). Only
+        // members with an authenticated link to the leader are promoted: the database alone does not make a node a
+        // member (one with the wrong cookie or certificate has a row, but never a link).
         let live = snapshot.members.iter().filter(|m| !m.status.is_terminal() && m.lease_valid).count();
         let any_up = snapshot.members.iter().any(|m| m.status == MemberStatus::Up);
+        let eligible = |member: &MemberId| *member == me || linked.contains(&member.to_string());
         if (any_up || live >= self.context.config.replica_count)
-            && let Err(e) = self.context.membership.promote_joining(&me, 1).await
+            && let Err(e) = self.context.membership.promote_joining_if(&me, 1, &eligible).await
         {
             warn!(error = %e, "cannot promote joining members");
         }

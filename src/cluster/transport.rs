@@ -5,20 +5,33 @@
 //! ractor_cluster neither detects failures nor reconnects (A.6): the cluster daemon does both, through
 //! [`Transport::dial`] and [`Transport::disconnect`]. A node's name on the wire is `<node>.<incarnation>@<host>`,
 //! so that a restarted node is never mistaken for its previous incarnation (the "zombie trap", A.4).
+//!
+//! With `cluster.tls_*` set, every link is mutual TLS ([`ClusterTls`]) and the cookie is checked inside it. The
+//! TLS listener is ours, not ractor_cluster's: its listener completes each handshake before accepting the next
+//! connection, so one peer that stalls its handshake would hold every other link back. Ours runs each handshake
+//! in its own task with a deadline, then hands the stream to the `NodeServer`; the `NodeServer`'s own listener
+//! is then bound to a spare loopback port and also demands TLS, so that no plaintext listener exists.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use tokio::net::{TcpSocket, lookup_host};
-use tokio::sync::mpsc;
-use tracing::{debug, info};
+use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::net::{TcpListener, TcpSocket, lookup_host};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::tls::{ClusterTls, HANDSHAKE_TIMEOUT};
 
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many incoming TLS handshakes at once; more connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 32;
 
 /// A session event, reported to the cluster daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,20 +60,41 @@ pub struct RactorTransport {
     server: ActorRef<NodeServerMessage>,
     /// Outgoing connections leave from this address (the listener's, when it is a specific one).
     source: Option<IpAddr>,
+    /// Node-to-node TLS, when configured.
+    tls: Option<ClusterTls>,
+    /// Our TLS listener's accept loop (see the module documentation).
+    listener: Option<JoinHandle<()>>,
 }
 
 impl RactorTransport {
-    /// Starts the `NodeServer` on `bind`, named `member@host`, and reports session events on `events`.
+    /// Starts the `NodeServer` on `bind`, named `member@host`, and reports session events on `events`. With
+    /// `tls`, links are mutual TLS only.
     pub async fn start(
         bind: SocketAddr,
         member: &str,
         host: &str,
         cookie: &str,
+        tls: Option<ClusterTls>,
         events: mpsc::UnboundedSender<LinkEvent>,
     ) -> Result<Self, ractor::SpawnErr> {
-        let server = NodeServer::new(bind.port(), cookie.to_string(), member.to_string(), host.to_string(), None, None)
-            .with_listen_addr(bind.ip());
+        let startup = |e: std::io::Error| ractor::SpawnErr::StartupFailed(format!("binding {bind}: {e}").into());
+        // With TLS, the NodeServer's own listener is idle: a spare loopback port, TLS too (module documentation).
+        let (port, listen_ip, encryption, tls_listener) = match &tls {
+            None => (bind.port(), bind.ip(), None, None),
+            Some(tls) => (
+                0,
+                IpAddr::from([127, 0, 0, 1]),
+                Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())),
+                Some(TcpListener::bind(bind).await.map_err(startup)?),
+            ),
+        };
+        let server = NodeServer::new(port, cookie.to_string(), member.to_string(), host.to_string(), encryption, None)
+            .with_listen_addr(listen_ip);
         let (server, _) = Actor::spawn(Some(format!("regent.node-server.{member}")), server, ()).await?;
+        let listener = match (tls_listener, &tls) {
+            (Some(listener), Some(tls)) => Some(tokio::spawn(accept_tls(listener, tls.clone(), server.clone()))),
+            _ => None,
+        };
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "regent.cluster".into(),
@@ -68,8 +102,8 @@ impl RactorTransport {
             })
             .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
         let source = (!bind.ip().is_unspecified()).then_some(bind.ip());
-        info!(%bind, member, "node-to-node listener started");
-        Ok(Self { server, source })
+        info!(%bind, member, tls = tls.is_some(), "node-to-node listener started");
+        Ok(Self { server, source, tls, listener })
     }
 
     /// The `NodeServer` actor (the root of the links' actors, for the admin endpoint).
@@ -85,7 +119,52 @@ impl RactorTransport {
     }
 
     pub fn stop(&self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
         self.server.stop(Some("node stopping".into()));
+    }
+}
+
+impl Drop for RactorTransport {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+/// Accepts node-to-node connections on `listener`, each TLS handshake in its own task (at most
+/// [`MAX_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]), and hands the encrypted streams to `server`.
+async fn accept_tls(listener: TcpListener, tls: ClusterTls, server: ActorRef<NodeServerMessage>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+        let (stream, peer_addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "node-to-node listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = tls.acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let local_addr = match stream.set_nodelay(true).and_then(|()| stream.local_addr()) {
+                Ok(addr) => addr,
+                Err(e) => return debug!(%peer_addr, error = %e, "node-to-node connection lost before its handshake"),
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let stream = Box::new(NetworkStream::TlsServer { peer_addr, local_addr, stream });
+                    let _ = server.cast(NodeServerMessage::ConnectionOpened { stream, is_server: true });
+                }
+                Ok(Err(e)) => warn!(%peer_addr, error = %e, "node-to-node TLS handshake refused"),
+                Err(_) => warn!(%peer_addr, timeout = ?HANDSHAKE_TIMEOUT, "node-to-node TLS handshake timed out"),
+            }
+        });
     }
 }
 
@@ -106,11 +185,22 @@ impl Transport for RactorTransport {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {address}")))??;
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
+        let stream = match &self.tls {
+            None => NetworkStream::Raw { peer_addr, local_addr, stream },
+            Some(tls) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let handshake = tls.connector.connect(ClusterTls::server_name(host), stream);
+                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("TLS handshake with {address}"))
+                    })?
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake with {address}: {e}")))?;
+                NetworkStream::TlsClient { peer_addr, local_addr, stream }
+            }
+        };
         self.server
-            .cast(NodeServerMessage::ConnectionOpened {
-                stream: Box::new(ractor_cluster::NetworkStream::Raw { peer_addr, local_addr, stream }),
-                is_server: false,
-            })
+            .cast(NodeServerMessage::ConnectionOpened { stream: Box::new(stream), is_server: false })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         debug!(address, "dialled");
         Ok(())

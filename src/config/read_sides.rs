@@ -125,6 +125,9 @@ pub struct ReadSideSettings {
     /// `false`: the read side is configured but not run; callers skip it.
     pub enabled: bool,
     pub failure_policy: FailurePolicy,
+    /// With `use_tls`: the PEM file of the CA trusted for the handler's certificate (`read_side.tls_ca_file`, the
+    /// same for every read side); empty = the system's roots.
+    pub tls_ca_file: String,
 }
 
 impl ReadSideSettings {
@@ -140,6 +143,7 @@ impl ReadSideSettings {
             auto_start: true,
             enabled: true,
             failure_policy: FailurePolicy::Stop,
+            tls_ca_file: String::new(),
         }
     }
 
@@ -631,6 +635,7 @@ mod tests {
                 auto_start: false,
                 enabled: true,
                 failure_policy: FailurePolicy::Skip,
+                tls_ca_file: String::new(),
             }
         );
         assert_eq!(sides[0].endpoint(), "https://search.local:50052");
@@ -831,6 +836,7 @@ mod tests {
                 auto_start: false,
                 enabled: true,
                 failure_policy: FailurePolicy::ReplaySkip,
+                tls_ca_file: String::new(),
             }
         );
         assert_eq!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSideHandlerServiceClient;
@@ -33,20 +33,18 @@ struct Inner {
 pub const NODE_HEADER: &str = "regent-node";
 
 impl WriteHandler {
-    /// Builds the channels to `endpoint` (`http://host:port` or `https://host:port`). Nothing connects until the
-    /// first call; a handler that is down answers each call with `UNAVAILABLE`.
+    /// Builds the channels to `endpoint` (`http://host:port` or `https://host:port`; with `https`, the handler's
+    /// certificate is checked against `tls_ca_file`, or the system's roots when it is empty). Nothing connects
+    /// until the first call; a handler that is down answers each call with `UNAVAILABLE`.
     pub fn connect_lazy(
         endpoint: &str,
+        tls_ca_file: &str,
         pool_size: usize,
         timeout: Duration,
         max_message_bytes: usize,
-    ) -> Result<Self, tonic::transport::Error> {
-        let mut ep = Endpoint::from_shared(endpoint.to_string())?
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .tcp_nodelay(true);
-        if endpoint.starts_with("https://") {
-            ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?;
-        }
+    ) -> Result<Self, crate::tls::Error> {
+        let ep = crate::tls::handler_endpoint(endpoint, "write_side.tls_ca_file", tls_ca_file)?
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
         let clients = (0..pool_size.max(1))
             .map(|_| {
                 WriteSideHandlerServiceClient::new(ep.connect_lazy())

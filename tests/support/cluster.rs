@@ -108,6 +108,9 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Whether every node runs the [`ReadSink`] read side, and [`Cluster::check`] checks I4.
     pub read_sink: bool,
+    /// The write handler serves TLS only, with this PEM certificate chain and key (the nodes then need
+    /// `COS_WRITE_SIDE_USE_TLS` and a CA that trusts it, in `env`).
+    pub handler_tls: Option<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -120,6 +123,7 @@ impl Default for ClusterOptions {
             handler_delay: Duration::from_millis(2),
             env: Vec::new(),
             read_sink: false,
+            handler_tls: None,
         }
     }
 }
@@ -198,7 +202,7 @@ impl Cluster {
         let read_sink =
             options.read_sink.then(|| (ReadSink::new(), OffsetSampler::start(&pg.schema, Duration::from_millis(300))));
         Cluster {
-            handler: HistoryHandler::start(options.handler_delay).await,
+            handler: HistoryHandler::start_with_tls(options.handler_delay, options.handler_tls.clone()).await,
             pg,
             read_sink,
             proxy: FaultProxy::new(),
@@ -409,6 +413,11 @@ impl Cluster {
         if let Some(status) = node.poll_exit() {
             panic!("{name} exited ({status}) (the nodes' logs follow)");
         }
+    }
+
+    /// The cookie every node gets (unless its spec's `env` sets another).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
     }
 
     /// The last `lines` lines of `name`'s log.

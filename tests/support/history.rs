@@ -218,14 +218,25 @@ pub struct HistoryHandler {
 impl HistoryHandler {
     /// `delay`: how long each `HandleCommand` takes.
     pub async fn start(delay: Duration) -> HistoryHandler {
+        Self::start_with_tls(delay, None).await
+    }
+
+    /// [`start`](Self::start), serving TLS only when `tls` (a PEM certificate chain and its PEM key) is given.
+    pub async fn start_with_tls(delay: Duration, tls: Option<(String, String)>) -> HistoryHandler {
         start_clock();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the history handler");
         let addr = listener.local_addr().unwrap();
         let registry = Registry::default();
         let service = WriteSideHandlerServiceServer::new(ListAppend { registry: registry.clone(), delay });
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            builder =
+                builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).expect("handler TLS");
+        }
         let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {

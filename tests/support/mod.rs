@@ -248,7 +248,7 @@ async fn connect(node: &Node) -> ChiefOfStateServiceClient<Channel> {
 }
 
 /// Runs the real `regent` binary with `args`, without the environment defaults a developer's shell may set for the
-/// CLI (`REGENT_NODE`, `REGENT_ADMIN_NODE`); returns (exit code, stdout, stderr).
+/// CLI (`REGENT_NODE`, `REGENT_ADMIN_NODE`, `REGENT_ADMIN_TOKEN`); returns (exit code, stdout, stderr).
 pub async fn regent_cli(args: &[&str]) -> (i32, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let output = tokio::task::spawn_blocking(move || {
@@ -256,6 +256,7 @@ pub async fn regent_cli(args: &[&str]) -> (i32, String, String) {
             .args(&args)
             .env_remove("REGENT_NODE")
             .env_remove("REGENT_ADMIN_NODE")
+            .env_remove("REGENT_ADMIN_TOKEN")
             .output()
     })
     .await

@@ -177,14 +177,25 @@ pub struct ReadHandler {
 impl ReadHandler {
     /// Starts a handler on `127.0.0.1:0` that answers every call `successful = true` at once.
     pub async fn start() -> ReadHandler {
+        Self::start_with_tls(None).await
+    }
+
+    /// [`start`](Self::start), serving TLS only when `tls` (a PEM certificate chain and its PEM key) is given.
+    pub async fn start_with_tls(tls: Option<(String, String)>) -> ReadHandler {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the read handler");
         let addr = listener.local_addr().unwrap();
         let log = ReadLog::default();
         let script = Arc::new(Mutex::new(Script::default()));
         let service = ReadSideHandlerServiceServer::new(Recorder { log: log.clone(), script: script.clone() });
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            let tls =
+                tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+            builder = builder.tls_config(tls).expect("read handler TLS");
+        }
         let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .add_service(service)
                 // With an incoming stream, the builder's `tcp_nodelay` is ignored: set it on the incoming.
@@ -249,12 +260,14 @@ pub struct ReadSideSpec {
     pub failure_policy: &'static str,
     pub auto_start: bool,
     pub timeout_ms: u64,
+    /// `useTls`
+    pub use_tls: bool,
 }
 
 impl ReadSideSpec {
     /// A read side `id` on the handler at `port`: STOP, autoStart, 5 s timeout.
     pub fn new(id: &str, port: u16) -> Self {
-        Self { id: id.into(), port, failure_policy: "STOP", auto_start: true, timeout_ms: 5_000 }
+        Self { id: id.into(), port, failure_policy: "STOP", auto_start: true, timeout_ms: 5_000, use_tls: false }
     }
 
     pub fn policy(mut self, policy: &'static str) -> Self {
@@ -264,6 +277,11 @@ impl ReadSideSpec {
 
     pub fn auto_start(mut self, auto_start: bool) -> Self {
         self.auto_start = auto_start;
+        self
+    }
+
+    pub fn use_tls(mut self, use_tls: bool) -> Self {
+        self.use_tls = use_tls;
         self
     }
 }
@@ -280,9 +298,9 @@ impl ReadSidesYaml {
         for r in read_sides {
             let _ = write!(
                 yaml,
-                "---\nreadSideId: {}\nhost: 127.0.0.1\nport: {}\nuseTls: false\ntimeout: {}\nautoStart: {}\n\
+                "---\nreadSideId: {}\nhost: 127.0.0.1\nport: {}\nuseTls: {}\ntimeout: {}\nautoStart: {}\n\
                  enabled: true\nfailurePolicy: {}\n",
-                r.id, r.port, r.timeout_ms, r.auto_start, r.failure_policy
+                r.id, r.port, r.use_tls, r.timeout_ms, r.auto_start, r.failure_policy
             );
         }
         let dir = tempfile::tempdir().expect("a temporary folder");

@@ -23,8 +23,36 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-async function fetchJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
+// A node with an admin token (REGENT_ADMIN_TOKEN) answers 401 to the data routes: the page asks for the token once,
+// keeps it for this tab only (sessionStorage) and sends it as a bearer token. A link may carry it in its fragment
+// (`/#token=...`, never sent to the server), which the page moves to sessionStorage and removes from the address.
+const TOKEN_KEY = "regent-admin-token";
+if (location.hash.startsWith("#token=")) {
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice("#token=".length)));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+let tokenPrompt = null;
+
+function askToken() {
+  if (!tokenPrompt) {
+    tokenPrompt = Promise.resolve().then(() => {
+      const token = window.prompt("This node's admin endpoint needs its token (REGENT_ADMIN_TOKEN):");
+      if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+      return Boolean(token);
+    });
+    tokenPrompt.finally(() => setTimeout(() => { tokenPrompt = null; }, 0));
+  }
+  return tokenPrompt;
+}
+
+async function fetchJson(path, retried) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { cache: "no-store", headers });
+  if (response.status === 401 && !retried) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (await askToken()) return fetchJson(path, true);
+  }
   if (!response.ok && response.status !== 503) throw new Error(`${path}: ${response.status}`);
   return response.json();
 }
