@@ -19,7 +19,7 @@
 //! (needs the PostgreSQL binaries under `/usr/lib/postgresql/*/bin`, as `scripts/pg.sh` installs them).
 //! The long outage: `... cargo test --test pg_faults -- --ignored --nocapture pg_down_30_s_under_load`.
 //! `--nocapture` prints each run's figures (failure latencies, recovery time, RSS); `PG_FAULTS_DEBUG=1` also every
-//! attempt that was not acked. Results and findings: `docs/reliability-pg.md`.
+//! attempt that was not acked. Results and findings: `docs/reliability.md` ("PostgreSQL faults in detail").
 
 mod common;
 mod support;
