@@ -47,6 +47,19 @@ pub struct ServerConfig {
     pub port: u16,
     /// Largest gRPC message accepted or sent, in bytes (`REGENT_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests in flight on one client connection
+    /// (`REGENT_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// A connection that has not sent the HTTP/2 preface and its first frame header within this is closed
+    /// (`REGENT_HANDSHAKE_TIMEOUT_MS`).
+    pub handshake_timeout_ms: u64,
+    /// Interval of the HTTP/2 PINGs the server sends on each connection; 0 = none (`REGENT_HTTP2_KEEPALIVE_INTERVAL_MS`).
+    pub http2_keepalive_interval_ms: u64,
+    /// A connection whose peer does not acknowledge a PING within this is closed (`REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS`).
+    pub http2_keepalive_timeout_ms: u64,
+    /// Longest a request may take until its response starts (a request whose body never ends is answered
+    /// `CANCELLED` after this); 0 = `entities.command_handler_timeout_secs` + 5 s (`REGENT_REQUEST_TIMEOUT_MS`).
+    pub request_timeout_ms: u64,
 }
 
 /// Logging.
@@ -329,7 +342,16 @@ impl Default for Config {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { address: "0.0.0.0".into(), port: 9000, max_message_bytes: 4 * 1024 * 1024 }
+        Self {
+            address: "0.0.0.0".into(),
+            port: 9000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            handshake_timeout_ms: 10_000,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 20_000,
+            request_timeout_ms: 0,
+        }
     }
 }
 
@@ -580,6 +602,11 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_ADDRESS", &[], "server.address", EnvKind::Str),
     var("COS_PORT", &[], "server.port", U16),
     var("REGENT_MAX_MESSAGE_BYTES", &[], "server.max_message_bytes", USIZE),
+    var("REGENT_MAX_CONCURRENT_STREAMS", &[], "server.max_concurrent_streams", U32),
+    var("REGENT_HANDSHAKE_TIMEOUT_MS", &[], "server.handshake_timeout_ms", EnvKind::Millis),
+    var("REGENT_HTTP2_KEEPALIVE_INTERVAL_MS", &[], "server.http2_keepalive_interval_ms", EnvKind::Millis),
+    var("REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS", &[], "server.http2_keepalive_timeout_ms", EnvKind::Millis),
+    var("REGENT_REQUEST_TIMEOUT_MS", &[], "server.request_timeout_ms", EnvKind::Millis),
     var("LOG_LEVEL", &[], "log.level", EnvKind::Str),
     var("LOG_STYLE", &[], "log.style", EnvKind::LogStyle),
     var("REGENT_STORE_BACKEND", &[], "store.backend", EnvKind::Backend),
@@ -839,6 +866,22 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Self::load_with`] with the TOML file's text given rather than read (errors name no file). Public for the
+    /// fuzz targets (`fuzz/`): whatever the text and the environment, the answer is a `Config` or an error.
+    pub fn load_toml_str(
+        toml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file_sets_backend = Figment::from(Toml::string(toml)).contains("store.backend");
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let config = Self::layer_env(figment, env, file_sets_backend, overrides)?
+            .extract::<Config>()
+            .map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     fn figment(
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -855,6 +898,16 @@ impl Config {
             file_sets_backend = Figment::from(Toml::file_exact(path)).contains("store.backend");
             figment = figment.merge(Toml::file_exact(path));
         }
+        Self::layer_env(figment, env, file_sets_backend, overrides)
+    }
+
+    /// Adds the environment and command-line layers on top of defaults and file.
+    fn layer_env(
+        figment: Figment,
+        env: &dyn Fn(&str) -> Option<String>,
+        file_sets_backend: bool,
+        overrides: &Overrides,
+    ) -> Result<Figment, ConfigError> {
         let env = env_layer(env, file_sets_backend)?;
         Ok(figment
             .merge(Layer { name: "environment", dict: env })
@@ -871,6 +924,12 @@ impl Config {
         check(!self.server.address.is_empty(), "server.address", || "must not be empty".into())?;
         let max_message = self.server.max_message_bytes;
         check(max_message >= 1024, "server.max_message_bytes", || format!("must be at least 1024, got {max_message}"))?;
+        let server = &self.server;
+        check(server.max_concurrent_streams >= 1, "server.max_concurrent_streams", || "must be at least 1".into())?;
+        check(server.handshake_timeout_ms >= 100, "server.handshake_timeout_ms", || "must be at least 100".into())?;
+        check(server.http2_keepalive_timeout_ms >= 100, "server.http2_keepalive_timeout_ms", || {
+            "must be at least 100".into()
+        })?;
         check(!self.log.level.trim().is_empty(), "log.level", || "must not be empty".into())?;
         let sqlite = self.store.backend == Backend::Sqlite;
         check(!sqlite || !self.store.data_dir.as_os_str().is_empty(), "store.data_dir", || "must not be empty".into())?;
@@ -958,6 +1017,15 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+
+    /// How long a request may take until its response starts: `server.request_timeout_ms`, or when 0, the ask
+    /// timeout (`entities.command_handler_timeout_secs`) plus 5 s, so that a command is never cut short by it.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        match self.server.request_timeout_ms {
+            0 => std::time::Duration::from_secs(self.entities.command_handler_timeout_secs + 5),
+            ms => std::time::Duration::from_millis(ms),
+        }
     }
 
     /// The write handler's URL, `http://host:port` (`https` with `use_tls`), or an error naming the missing key.
@@ -1304,6 +1372,13 @@ mod tests {
             ("COS_GRPC_CLIENT_POOL_SIZE", "0", "write_side.pool_size (COS_GRPC_CLIENT_POOL_SIZE)"),
             ("COS_GRPC_CALLS_TIMEOUT", "0", "write_side.calls_timeout_ms (COS_GRPC_CALLS_TIMEOUT)"),
             ("REGENT_MAX_MESSAGE_BYTES", "1023", "server.max_message_bytes (REGENT_MAX_MESSAGE_BYTES)"),
+            ("REGENT_MAX_CONCURRENT_STREAMS", "0", "server.max_concurrent_streams (REGENT_MAX_CONCURRENT_STREAMS)"),
+            ("REGENT_HANDSHAKE_TIMEOUT_MS", "50", "server.handshake_timeout_ms (REGENT_HANDSHAKE_TIMEOUT_MS)"),
+            (
+                "REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS",
+                "0",
+                "server.http2_keepalive_timeout_ms (REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS)",
+            ),
             ("COS_DB_SCHEMA", "my-schema", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_DB_SCHEMA", "1abc", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_SERVICE_NAME", "", "service_name (COS_SERVICE_NAME)"),

@@ -4,6 +4,7 @@
 //! (`shared/spec/cluster.md` A.8); with one envelope of our own, a node of another wire version gets a clear
 //! `Refused` instead.
 
+use prost::Message as _;
 use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
@@ -88,6 +89,16 @@ pub fn status_from_wire(failure: pb::Failure) -> Status {
         failure.details.into(),
         metadata_from_wire(failure.metadata),
     )
+}
+
+/// Decodes a request from another node (untrusted bytes): the `PeerRequest`, or the `Refused` reply to send back
+/// when it does not decode or speaks another wire version. Never panics, whatever the bytes.
+pub fn decode_request(bytes: &[u8]) -> Result<pb::PeerRequest, pb::PeerReply> {
+    let request = pb::PeerRequest::decode(bytes).map_err(|e| refused(format!("undecodable request: {e}"), false))?;
+    if request.version != WIRE_VERSION {
+        return Err(refused(format!("wire version {} is not {WIRE_VERSION}", request.version), false));
+    }
+    Ok(request)
 }
 
 /// The `PeerReply` to a heartbeat.
