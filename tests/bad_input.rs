@@ -60,7 +60,12 @@ fn grpc_request(addr: SocketAddr, path: &str) -> http::Request<()> {
 
 /// The `grpc-status` and `grpc-message` of a response: in its headers (trailers-only) or its trailers.
 async fn grpc_status(response: h2::client::ResponseFuture) -> (i32, String) {
-    let response = response.await.expect("a response");
+    stream_outcome(response).await.expect("a response")
+}
+
+/// [`grpc_status`], or the error that ended the stream (e.g. a `REFUSED_STREAM` reset).
+async fn stream_outcome(response: h2::client::ResponseFuture) -> Result<(i32, String), h2::Error> {
+    let response = response.await?;
     let (parts, mut body) = response.into_parts();
     let read = |headers: &http::HeaderMap| {
         let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
@@ -68,14 +73,14 @@ async fn grpc_status(response: h2::client::ResponseFuture) -> (i32, String) {
         Some((code, message))
     };
     if let Some(status) = read(&parts.headers) {
-        return status;
+        return Ok(status);
     }
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.expect("response body");
+        let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
     }
-    let trailers = body.trailers().await.expect("trailers").expect("a response with trailers");
-    read(&trailers).expect("grpc-status in the trailers")
+    let trailers = body.trailers().await?.expect("a response with trailers");
+    Ok(read(&trailers).expect("grpc-status in the trailers"))
 }
 
 /// Sends one `ProcessCommand` whose body is `frame`, exactly as given, and returns the status.
@@ -280,9 +285,9 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
             let (response, mut send) = client.send_request(grpc_request(addr, PROCESS_COMMAND), false).unwrap();
             send.send_data(Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a]), false).unwrap();
             responses.push(tokio::spawn(async move {
-                let status = grpc_status(response).await;
+                let outcome = stream_outcome(response).await;
                 drop(send);
-                status
+                outcome
             }));
         }
         open_streams.push((client, connection, responses));
@@ -330,17 +335,29 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
         assert!(open.is_empty(), "{} of {} {what} connections were not closed: {:?}", open.len(), results.len(), open[0]);
     }
 
-    // Every stream that never finished its request is answered once the request timeout passes.
-    let mut cancelled = 0;
+    // Every stream that never finished its request is answered once the request timeout passes, or was refused
+    // (REFUSED_STREAM) for going past max_concurrent_streams before the client learnt the limit; none hangs.
+    let (mut cancelled, mut refused) = (0, 0);
     for (client, connection, responses) in open_streams {
+        let mut answered = 0;
         for response in responses {
-            let (code, message) = tokio::time::timeout(Duration::from_secs(60), response)
+            match tokio::time::timeout(Duration::from_secs(60), response)
                 .await
                 .expect("an unfinished stream is answered")
-                .expect("response task");
-            assert_ne!(code, Code::Ok as i32, "{message}");
-            cancelled += usize::from(code == Code::Cancelled as i32);
+                .expect("response task")
+            {
+                Ok((code, message)) => {
+                    assert_eq!(code, Code::Cancelled as i32, "{message}");
+                    answered += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.reason(), Some(h2::Reason::REFUSED_STREAM), "{error:?}");
+                    refused += 1;
+                }
+            }
         }
+        assert!(answered >= MAX_STREAMS as usize, "only {answered} streams of one connection were served");
+        cancelled += answered;
         drop(client);
         connection.abort();
     }
@@ -351,7 +368,7 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     eprintln!(
         "http2 abuse: well-behaved p99 baseline {:?}, during abuse {:?}, after {:?}; RSS {rss_before} MiB before, \
          {rss_during} MiB during, {rss_after} MiB after; {resets} HEADERS+RST_STREAM sent, {flood_goaways} flood \
-         connections sent away by the server; {cancelled} unfinished streams answered CANCELLED",
+         connections sent away by the server; {cancelled} unfinished streams answered CANCELLED, {refused} refused",
         p99(&mut baseline),
         p99(&mut during),
         p99(&mut after),
