@@ -378,3 +378,46 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     assert!(rss_during < rss_before + 512 && rss_after < rss_before + 512, "RSS grew from {rss_before} MiB to {rss_during}/{rss_after} MiB");
     t.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// scenario 17, between nodes: a command larger than the node-to-node link carries
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_too_large_for_the_node_link_is_a_status_not_a_hang() {
+    use support::cluster::{Cluster, ClusterOptions, entity_in_shard};
+    use support::history::op_any;
+
+    // Clients may send 32 MiB; ractor_cluster carries frames of at most 16 MiB between nodes.
+    let options = ClusterOptions {
+        env: vec![("REGENT_MAX_MESSAGE_BYTES".into(), (32 * MIB).to_string())],
+        ..ClusterOptions::default()
+    };
+    let num_shards = options.num_shards;
+    let mut cluster = Cluster::start(2, options).await;
+    // Shards are allocated on first use: touch one entity of each, then pick a shard n2 hosts.
+    let warmup: Vec<String> = (0..num_shards).map(|shard| entity_in_shard("warmup", shard, num_shards)).collect();
+    cluster.client().touch_all(&warmup, Duration::from_secs(60)).await;
+    let homes = cluster.shard_homes("n1").await;
+    let shard = *homes.iter().find(|(_, node)| *node == "n2").expect("n2 hosts a shard").0;
+    let id = entity_in_shard("forwarded", shard, num_shards);
+    let client = cluster.target("n1").client.max_encoding_message_size(64 * MIB).max_decoding_message_size(64 * MIB);
+
+    let huge = "h".repeat(17 * MIB);
+    let request = ProcessCommandRequest { entity_id: id.clone(), command: Some(op_any(&huge)) };
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(60), client.clone().process_command(request))
+        .await
+        .expect("a status, not a hang")
+        .expect_err("too large to forward");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    eprintln!("forward above the link limit: {:?} {:?} after {:?}", status.code(), status.message(), started.elapsed());
+
+    // The link between the nodes survived: a small command on the same entity is forwarded and applied.
+    let request = ProcessCommandRequest { entity_id: id.clone(), command: Some(op_any("small")) };
+    let reply = tokio::time::timeout(Duration::from_secs(30), client.clone().process_command(request))
+        .await
+        .expect("answered in time")
+        .expect("a small forwarded command succeeds");
+    assert_eq!(reply.into_inner().meta.unwrap().revision_number, 1, "the huge command was never applied");
+    cluster.finish().await;
+}

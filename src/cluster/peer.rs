@@ -54,7 +54,7 @@ impl Actor for PeerActor {
         tokio::spawn(async move {
             debug!(from = %request.from, "peer request");
             let answer = context.serve(request).await;
-            let _ = reply.send(answer.encode_to_vec());
+            let _ = reply.send(super::wire::encode_reply(&answer));
         });
         Ok(())
     }
