@@ -19,3 +19,6 @@ cargo clippy --all-targets --locked -- -D warnings
 pg_start
 trap pg_stop EXIT
 cargo test --locked --all-targets "$@"
+
+# Fuzz targets (fuzz/, its own workspace): every target for a bounded time, from the committed seeds.
+scripts/fuzz.sh "${REGENT_FUZZ_SECONDS:-20}"

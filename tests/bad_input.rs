@@ -42,7 +42,9 @@ fn grpc_frame(body: &[u8]) -> Bytes {
 }
 
 /// An HTTP/2 connection made with the `h2` crate (the one tonic uses), driven on its own task.
-async fn h2_connect(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     (client, tokio::spawn(connection))
@@ -332,7 +334,13 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     let deaf_closed = futures::future::join_all(deaf.into_iter().map(|s| closed_by_server(s, wait))).await;
     for (what, results) in [("idle", &idle_closed), ("preface-only", &preface_closed), ("deaf", &deaf_closed)] {
         let open: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        assert!(open.is_empty(), "{} of {} {what} connections were not closed: {:?}", open.len(), results.len(), open[0]);
+        assert!(
+            open.is_empty(),
+            "{} of {} {what} connections were not closed: {:?}",
+            open.len(),
+            results.len(),
+            open[0]
+        );
     }
 
     // Every stream that never finished its request is answered once the request timeout passes, or was refused
@@ -375,7 +383,10 @@ async fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     );
     assert!(flood_goaways >= 1, "the server never sent a flooding connection away");
     // Generous: this process also holds the clients (and the other tests of this file).
-    assert!(rss_during < rss_before + 512 && rss_after < rss_before + 512, "RSS grew from {rss_before} MiB to {rss_during}/{rss_after} MiB");
+    assert!(
+        rss_during < rss_before + 512 && rss_after < rss_before + 512,
+        "RSS grew from {rss_before} MiB to {rss_during}/{rss_after} MiB"
+    );
     t.shutdown().await;
 }
 
@@ -393,7 +404,7 @@ async fn a_forward_too_large_for_the_node_link_is_a_status_not_a_hang() {
         ..ClusterOptions::default()
     };
     let num_shards = options.num_shards;
-    let mut cluster = Cluster::start(2, options).await;
+    let cluster = Cluster::start(2, options).await;
     // Shards are allocated on first use: touch one entity of each, then pick a shard n2 hosts.
     let warmup: Vec<String> = (0..num_shards).map(|shard| entity_in_shard("warmup", shard, num_shards)).collect();
     cluster.client().touch_all(&warmup, Duration::from_secs(60)).await;

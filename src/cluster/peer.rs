@@ -40,8 +40,8 @@ impl Actor for PeerActor {
         let PeerMessage::Request(bytes, reply) = message;
         let request = match super::wire::decode_request(&bytes) {
             Ok(request) => request,
-            Err(refusal) => {
-                let _ = reply.send(refusal.encode_to_vec());
+            Err(why) => {
+                let _ = reply.send(super::wire::refused(why, false).encode_to_vec());
                 return Ok(());
             }
         };

@@ -29,8 +29,8 @@ use super::sbr::{self, Stability, Strategy, Tick, View};
 use super::status::{ClusterStatus, ClusterStatusSource, MemberStatusView, ShardHomeView};
 use super::transport::{LinkEvent, RactorTransport, Transport};
 use super::wire::{
-    MAX_PEER_MESSAGE_BYTES, PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire, peer_actor_name, refused,
-    status_from_wire, status_to_wire,
+    MAX_PEER_MESSAGE_BYTES, PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire,
+    peer_actor_name, refused, status_from_wire, status_to_wire,
 };
 use super::{Error, MemberId, MemberStatus};
 use crate::actors::{CommandEnvelope, CommandError, EntityMessage, RegionMessage};

@@ -56,7 +56,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for HandshakeDeadline<T> {
             }
             // Polling the timer registers the waker, so a peer that sends nothing is woken up and closed too.
             if deadline.as_mut().poll(cx).is_ready() {
-                tracing::debug!(received = this.received, "closing a connection that did not finish the HTTP/2 handshake");
+                tracing::debug!(
+                    received = this.received,
+                    "closing a connection that did not finish the HTTP/2 handshake"
+                );
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the HTTP/2 handshake did not complete in time (server.handshake_timeout_ms)",
