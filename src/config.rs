@@ -58,7 +58,8 @@ pub struct ServerConfig {
     /// A connection whose peer does not acknowledge a PING within this is closed (`REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS`).
     pub http2_keepalive_timeout_ms: u64,
     /// Longest a request may take until its response starts (a request whose body never ends is answered
-    /// `CANCELLED` after this); 0 = `entities.command_handler_timeout_secs` + 5 s (`REGENT_REQUEST_TIMEOUT_MS`).
+    /// `CANCELLED` after this); 0 = 60 s, or `entities.command_handler_timeout_secs` + 5 s when longer
+    /// (`REGENT_REQUEST_TIMEOUT_MS`).
     pub request_timeout_ms: u64,
 }
 
@@ -1019,11 +1020,12 @@ impl Config {
         Ok(())
     }
 
-    /// How long a request may take until its response starts: `server.request_timeout_ms`, or when 0, the ask
-    /// timeout (`entities.command_handler_timeout_secs`) plus 5 s, so that a command is never cut short by it.
+    /// How long a request may take until its response starts: `server.request_timeout_ms`, or when 0, 60 s (the
+    /// read-side manager's calls wait up to 30 s) or the ask timeout (`entities.command_handler_timeout_secs`)
+    /// plus 5 s when that is longer, so that a command is never cut short by it.
     pub fn request_timeout(&self) -> std::time::Duration {
         match self.server.request_timeout_ms {
-            0 => std::time::Duration::from_secs(self.entities.command_handler_timeout_secs + 5),
+            0 => std::time::Duration::from_secs((self.entities.command_handler_timeout_secs + 5).max(60)),
             ms => std::time::Duration::from_millis(ms),
         }
     }
@@ -1516,6 +1518,17 @@ mod tests {
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
+    }
+
+    #[test]
+    fn request_timeout_never_cuts_a_command_short() {
+        use std::time::Duration;
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_secs(60));
+        let config = load(None, &[("COS_COMMAND_HANDLER_TIMEOUT", "120")]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_secs(125));
+        let config = load(None, &[("REGENT_REQUEST_TIMEOUT_MS", "3000")]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_millis(3000));
     }
 
     #[test]
