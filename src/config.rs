@@ -579,8 +579,12 @@ enum EnvKind {
 
 const U16: EnvKind = EnvKind::Int { max: u16::MAX as u64 };
 const U32: EnvKind = EnvKind::Int { max: u32::MAX as u64 };
-const U64: EnvKind = EnvKind::Int { max: u64::MAX };
-const USIZE: EnvKind = EnvKind::Int { max: usize::MAX as u64 };
+/// The largest integer a setting takes: TOML's (a signed 64-bit integer), so that every loaded configuration can be
+/// written back by `--dump-config` (a larger value from the environment made [`Config::to_toml`] panic).
+const TOML_INT_MAX: u64 = i64::MAX as u64;
+const U64: EnvKind = EnvKind::Int { max: TOML_INT_MAX };
+const USIZE: EnvKind =
+    EnvKind::Int { max: if (usize::MAX as u64) < TOML_INT_MAX { usize::MAX as u64 } else { TOML_INT_MAX } };
 
 /// One environment variable: its name, the legacy names accepted when it is unset, the config key it sets.
 #[derive(Debug, Clone, Copy)]
@@ -739,8 +743,8 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
     let value = match kind {
         EnvKind::Str => Value::from(raw.to_string()),
         EnvKind::Int { max } => Value::from(int("an integer", max)?),
-        EnvKind::Millis => Value::from(int("an integer number of milliseconds", u64::MAX)?),
-        EnvKind::Secs => Value::from(int("an integer number of seconds", u64::MAX)?),
+        EnvKind::Millis => Value::from(int("an integer number of milliseconds", TOML_INT_MAX)?),
+        EnvKind::Secs => Value::from(int("an integer number of seconds", TOML_INT_MAX)?),
         EnvKind::WriteSidePort if text == "-1" => Value::from(0u16),
         EnvKind::WriteSidePort => Value::from(int("an integer (a port, or -1 for none)", u16::MAX.into())?),
         EnvKind::Bool => match text.to_ascii_lowercase().as_str() {
@@ -927,9 +931,19 @@ impl Config {
         check(max_message >= 1024, "server.max_message_bytes", || format!("must be at least 1024, got {max_message}"))?;
         let server = &self.server;
         check(server.max_concurrent_streams >= 1, "server.max_concurrent_streams", || "must be at least 1".into())?;
-        check(server.handshake_timeout_ms >= 100, "server.handshake_timeout_ms", || "must be at least 100".into())?;
-        check(server.http2_keepalive_timeout_ms >= 100, "server.http2_keepalive_timeout_ms", || {
-            "must be at least 100".into()
+        check((100..=HOUR_MS).contains(&server.handshake_timeout_ms), "server.handshake_timeout_ms", || {
+            format!("must be between 100 and {HOUR_MS} (an hour), got {}", server.handshake_timeout_ms)
+        })?;
+        check(server.http2_keepalive_interval_ms <= DAY_MS, "server.http2_keepalive_interval_ms", || {
+            format!("must be at most {DAY_MS} (a day), got {}", server.http2_keepalive_interval_ms)
+        })?;
+        check(
+            (100..=HOUR_MS).contains(&server.http2_keepalive_timeout_ms),
+            "server.http2_keepalive_timeout_ms",
+            || format!("must be between 100 and {HOUR_MS} (an hour), got {}", server.http2_keepalive_timeout_ms),
+        )?;
+        check(server.request_timeout_ms <= DAY_MS, "server.request_timeout_ms", || {
+            format!("must be at most {DAY_MS} (a day), got {}", server.request_timeout_ms)
         })?;
         check(!self.log.level.trim().is_empty(), "log.level", || "must not be empty".into())?;
         let sqlite = self.store.backend == Backend::Sqlite;
@@ -1066,6 +1080,9 @@ impl Config {
         toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
     }
 }
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 86_400_000;
 
 /// `Ok` if `ok`, else a validation error naming `key` (and its environment variable).
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -1518,6 +1535,18 @@ mod tests {
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
+    }
+
+    #[test]
+    fn integers_beyond_toml_are_refused_so_the_dump_never_panics() {
+        // Found by the config_toml fuzz target: u64::MAX from the environment made `--dump-config` panic.
+        let err = load(None, &[("COS_SNAPSHOT_FREQUENCY", "18446744073709551615")]).unwrap_err();
+        assert!(err.to_string().contains("COS_SNAPSHOT_FREQUENCY"), "{err}");
+        let err = load(None, &[("COS_DB_POOL_IDLE_TIMEOUT_MS", "9223372036854775808")]).unwrap_err();
+        assert!(err_message(&err).contains("out of range"), "{err}");
+        let config = load(None, &[("COS_SNAPSHOT_FREQUENCY", "9223372036854775807")]).unwrap();
+        let dumped = config.to_toml();
+        assert!(dumped.contains("frequency = 9223372036854775807"), "{dumped}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4) is 24 bytes, and it must be followed by a SETTINGS frame,
@@ -32,7 +32,8 @@ pub struct HandshakeDeadline<T> {
 impl<T> HandshakeDeadline<T> {
     /// Wraps `inner`, which must deliver its first [`HANDSHAKE_BYTES`] bytes within `timeout`.
     pub fn new(inner: T, timeout: Duration) -> Self {
-        Self { inner, deadline: Some(Box::pin(tokio::time::sleep_until(Instant::now() + timeout))), received: 0 }
+        // `sleep`, not `sleep_until(now + timeout)`: it saturates instead of panicking on overflow.
+        Self { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), received: 0 }
     }
 
     /// Whether the handshake bytes arrived in time.
