@@ -5,8 +5,9 @@
 # - Uses the nightly toolchain when one is installed, else the stable one with RUSTC_BOOTSTRAP=1 (cargo-fuzz
 #   passes unstable rustc flags); nothing is downloaded.
 # - Builds without a sanitizer (FUZZ_SANITIZER=address to get ASan: Regent forbids unsafe code, and an
-#   ASan build of the whole node takes several times longer), in release mode with debug assertions and
-#   16 codegen units (cargo-fuzz's default of 1 makes the build of the node's dependency tree far longer).
+#   ASan build of the whole node takes several times longer), in release mode (opt-level 1, see
+#   fuzz/Cargo.toml) with debug assertions and 16 codegen units (cargo-fuzz's default of 1 makes the build of
+#   the node's dependency tree far longer).
 # - Each target starts from its committed seeds (fuzz/corpus/<target>) and writes what it finds to a scratch
 #   corpus, so the committed seeds never change; a crash leaves its input in fuzz/artifacts/<target>/ and fails.
 # Environment: FUZZ_TARGETS="a b" to run only some.

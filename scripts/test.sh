@@ -20,6 +20,6 @@ pg_start
 trap pg_stop EXIT
 cargo test --locked --all-targets "$@"
 
-# Fuzz targets (fuzz/, its own workspace): every target for a bounded time (15 s each), from the committed seeds; about 6 min on 2 cores with the
-# cargo-fuzz install and the build (docs/bad-input.md).
+# Fuzz targets (fuzz/, its own workspace): every target for 15 s from the committed seeds. About 6 min on 2 cores
+# with the cargo-fuzz install and the build (docs/bad-input.md).
 scripts/fuzz.sh "${REGENT_FUZZ_SECONDS:-15}"
