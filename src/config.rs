@@ -56,6 +56,20 @@ pub struct ServerConfig {
     /// `REGENT_TLS_CLIENT_CA_FILE`: PEM CA certificate(s); when set, clients must present a certificate it signed
     /// (mutual TLS). Needs `tls_cert_file`.
     pub tls_client_ca_file: String,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests in flight on one client connection
+    /// (`REGENT_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// A connection that has not sent the HTTP/2 preface and its first frame header within this is closed
+    /// (`REGENT_HANDSHAKE_TIMEOUT_MS`).
+    pub handshake_timeout_ms: u64,
+    /// Interval of the HTTP/2 PINGs the server sends on each connection; 0 = none (`REGENT_HTTP2_KEEPALIVE_INTERVAL_MS`).
+    pub http2_keepalive_interval_ms: u64,
+    /// A connection whose peer does not acknowledge a PING within this is closed (`REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS`).
+    pub http2_keepalive_timeout_ms: u64,
+    /// Longest a request may take until its response starts (a request whose body never ends is answered
+    /// `CANCELLED` after this); 0 = 60 s, or `entities.command_handler_timeout_secs` + 5 s when longer
+    /// (`REGENT_REQUEST_TIMEOUT_MS`).
+    pub request_timeout_ms: u64,
 }
 
 /// Logging.
@@ -368,6 +382,11 @@ impl Default for ServerConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_client_ca_file: String::new(),
+            max_concurrent_streams: 256,
+            handshake_timeout_ms: 10_000,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 20_000,
+            request_timeout_ms: 0,
         }
     }
 }
@@ -602,8 +621,12 @@ enum EnvKind {
 
 const U16: EnvKind = EnvKind::Int { max: u16::MAX as u64 };
 const U32: EnvKind = EnvKind::Int { max: u32::MAX as u64 };
-const U64: EnvKind = EnvKind::Int { max: u64::MAX };
-const USIZE: EnvKind = EnvKind::Int { max: usize::MAX as u64 };
+/// The largest integer a setting takes: TOML's (a signed 64-bit integer), so that every loaded configuration can be
+/// written back by `--dump-config` (a larger value from the environment made [`Config::to_toml`] panic).
+const TOML_INT_MAX: u64 = i64::MAX as u64;
+const U64: EnvKind = EnvKind::Int { max: TOML_INT_MAX };
+const USIZE: EnvKind =
+    EnvKind::Int { max: if (usize::MAX as u64) < TOML_INT_MAX { usize::MAX as u64 } else { TOML_INT_MAX } };
 
 /// One environment variable: its name, the legacy names accepted when it is unset, the config key it sets.
 #[derive(Debug, Clone, Copy)]
@@ -629,6 +652,11 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("REGENT_TLS_CERT_FILE", &[], "server.tls_cert_file", EnvKind::Str),
     var("REGENT_TLS_KEY_FILE", &[], "server.tls_key_file", EnvKind::Str),
     var("REGENT_TLS_CLIENT_CA_FILE", &[], "server.tls_client_ca_file", EnvKind::Str),
+    var("REGENT_MAX_CONCURRENT_STREAMS", &[], "server.max_concurrent_streams", U32),
+    var("REGENT_HANDSHAKE_TIMEOUT_MS", &[], "server.handshake_timeout_ms", EnvKind::Millis),
+    var("REGENT_HTTP2_KEEPALIVE_INTERVAL_MS", &[], "server.http2_keepalive_interval_ms", EnvKind::Millis),
+    var("REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS", &[], "server.http2_keepalive_timeout_ms", EnvKind::Millis),
+    var("REGENT_REQUEST_TIMEOUT_MS", &[], "server.request_timeout_ms", EnvKind::Millis),
     var("LOG_LEVEL", &[], "log.level", EnvKind::Str),
     var("LOG_STYLE", &[], "log.style", EnvKind::LogStyle),
     var("REGENT_STORE_BACKEND", &[], "store.backend", EnvKind::Backend),
@@ -767,8 +795,8 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
     let value = match kind {
         EnvKind::Str => Value::from(raw.to_string()),
         EnvKind::Int { max } => Value::from(int("an integer", max)?),
-        EnvKind::Millis => Value::from(int("an integer number of milliseconds", u64::MAX)?),
-        EnvKind::Secs => Value::from(int("an integer number of seconds", u64::MAX)?),
+        EnvKind::Millis => Value::from(int("an integer number of milliseconds", TOML_INT_MAX)?),
+        EnvKind::Secs => Value::from(int("an integer number of seconds", TOML_INT_MAX)?),
         EnvKind::WriteSidePort if text == "-1" => Value::from(0u16),
         EnvKind::WriteSidePort => Value::from(int("an integer (a port, or -1 for none)", u16::MAX.into())?),
         EnvKind::Bool => match text.to_ascii_lowercase().as_str() {
@@ -895,6 +923,22 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Self::load_with`] with the TOML file's text given rather than read (errors name no file). Public for the
+    /// fuzz targets (`fuzz/`): whatever the text and the environment, the answer is a `Config` or an error.
+    pub fn load_toml_str(
+        toml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file_sets_backend = Figment::from(Toml::string(toml)).contains("store.backend");
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let config = Self::layer_env(figment, env, file_sets_backend, overrides)?
+            .extract::<Config>()
+            .map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     fn figment(
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -911,6 +955,16 @@ impl Config {
             file_sets_backend = Figment::from(Toml::file_exact(path)).contains("store.backend");
             figment = figment.merge(Toml::file_exact(path));
         }
+        Self::layer_env(figment, env, file_sets_backend, overrides)
+    }
+
+    /// Adds the environment and command-line layers on top of defaults and file.
+    fn layer_env(
+        figment: Figment,
+        env: &dyn Fn(&str) -> Option<String>,
+        file_sets_backend: bool,
+        overrides: &Overrides,
+    ) -> Result<Figment, ConfigError> {
         let env = env_layer(env, file_sets_backend)?;
         Ok(figment
             .merge(Layer { name: "environment", dict: env })
@@ -927,6 +981,22 @@ impl Config {
         check(!self.server.address.is_empty(), "server.address", || "must not be empty".into())?;
         let max_message = self.server.max_message_bytes;
         check(max_message >= 1024, "server.max_message_bytes", || format!("must be at least 1024, got {max_message}"))?;
+        let server = &self.server;
+        check(server.max_concurrent_streams >= 1, "server.max_concurrent_streams", || "must be at least 1".into())?;
+        check((100..=HOUR_MS).contains(&server.handshake_timeout_ms), "server.handshake_timeout_ms", || {
+            format!("must be between 100 and {HOUR_MS} (an hour), got {}", server.handshake_timeout_ms)
+        })?;
+        check(server.http2_keepalive_interval_ms <= DAY_MS, "server.http2_keepalive_interval_ms", || {
+            format!("must be at most {DAY_MS} (a day), got {}", server.http2_keepalive_interval_ms)
+        })?;
+        check(
+            (100..=HOUR_MS).contains(&server.http2_keepalive_timeout_ms),
+            "server.http2_keepalive_timeout_ms",
+            || format!("must be between 100 and {HOUR_MS} (an hour), got {}", server.http2_keepalive_timeout_ms),
+        )?;
+        check(server.request_timeout_ms <= DAY_MS, "server.request_timeout_ms", || {
+            format!("must be at most {DAY_MS} (a day), got {}", server.request_timeout_ms)
+        })?;
         check(!self.log.level.trim().is_empty(), "log.level", || "must not be empty".into())?;
         let sqlite = self.store.backend == Backend::Sqlite;
         check(!sqlite || !self.store.data_dir.as_os_str().is_empty(), "store.data_dir", || "must not be empty".into())?;
@@ -1039,6 +1109,16 @@ impl Config {
         Ok(())
     }
 
+    /// How long a request may take until its response starts: `server.request_timeout_ms`, or when 0, 60 s (the
+    /// read-side manager's calls wait up to 30 s) or the ask timeout (`entities.command_handler_timeout_secs`)
+    /// plus 5 s when that is longer, so that a command is never cut short by it.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        match self.server.request_timeout_ms {
+            0 => std::time::Duration::from_secs((self.entities.command_handler_timeout_secs + 5).max(60)),
+            ms => std::time::Duration::from_millis(ms),
+        }
+    }
+
     /// The write handler's URL, `http://host:port` (`https` with `use_tls`), or an error naming the missing key.
     pub fn write_side_endpoint(&self) -> Result<String, ConfigError> {
         let ws = &self.write_side;
@@ -1083,6 +1163,9 @@ impl Config {
         toml::to_string_pretty(&shown).expect("a Config with UTF-8 paths always serializes to TOML")
     }
 }
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 86_400_000;
 
 /// `Ok` if `ok`, else a validation error naming `key` (and its environment variable).
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -1391,6 +1474,13 @@ mod tests {
             ("COS_GRPC_CLIENT_POOL_SIZE", "0", "write_side.pool_size (COS_GRPC_CLIENT_POOL_SIZE)"),
             ("COS_GRPC_CALLS_TIMEOUT", "0", "write_side.calls_timeout_ms (COS_GRPC_CALLS_TIMEOUT)"),
             ("REGENT_MAX_MESSAGE_BYTES", "1023", "server.max_message_bytes (REGENT_MAX_MESSAGE_BYTES)"),
+            ("REGENT_MAX_CONCURRENT_STREAMS", "0", "server.max_concurrent_streams (REGENT_MAX_CONCURRENT_STREAMS)"),
+            ("REGENT_HANDSHAKE_TIMEOUT_MS", "50", "server.handshake_timeout_ms (REGENT_HANDSHAKE_TIMEOUT_MS)"),
+            (
+                "REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS",
+                "0",
+                "server.http2_keepalive_timeout_ms (REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS)",
+            ),
             ("COS_DB_SCHEMA", "my-schema", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_DB_SCHEMA", "1abc", "store.postgres.schema (COS_DB_SCHEMA)"),
             ("COS_SERVICE_NAME", "", "service_name (COS_SERVICE_NAME)"),
@@ -1570,6 +1660,29 @@ mod tests {
         let dump = config.to_toml();
         assert!(!dump.contains("s3cret-token") && dump.contains(r#"token = "***""#), "{dump}");
         assert!(Config::default().to_toml().contains(r#"token = """#), "no token: nothing to hide");
+    }
+
+    #[test]
+    fn integers_beyond_toml_are_refused_so_the_dump_never_panics() {
+        // Found by the config_toml fuzz target: u64::MAX from the environment made `--dump-config` panic.
+        let err = load(None, &[("COS_SNAPSHOT_FREQUENCY", "18446744073709551615")]).unwrap_err();
+        assert!(err.to_string().contains("COS_SNAPSHOT_FREQUENCY"), "{err}");
+        let err = load(None, &[("COS_DB_POOL_IDLE_TIMEOUT_MS", "9223372036854775808")]).unwrap_err();
+        assert!(err_message(&err).contains("out of range"), "{err}");
+        let config = load(None, &[("COS_SNAPSHOT_FREQUENCY", "9223372036854775807")]).unwrap();
+        let dumped = config.to_toml();
+        assert!(dumped.contains("frequency = 9223372036854775807"), "{dumped}");
+    }
+
+    #[test]
+    fn request_timeout_never_cuts_a_command_short() {
+        use std::time::Duration;
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_secs(60));
+        let config = load(None, &[("COS_COMMAND_HANDLER_TIMEOUT", "120")]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_secs(125));
+        let config = load(None, &[("REGENT_REQUEST_TIMEOUT_MS", "3000")]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_millis(3000));
     }
 
     #[test]

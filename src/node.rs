@@ -18,6 +18,7 @@ use crate::cluster::status::ClusterStatusSource;
 use crate::config::read_sides::{self, ReadSideSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
+use crate::grpc::connection::with_handshake_deadline;
 use crate::grpc::{ChiefOfState, WriteHandler};
 use crate::persistence;
 use crate::proto::chief_of_state::v1::chief_of_state_service_server::ChiefOfStateServiceServer;
@@ -29,6 +30,22 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long a fenced or downed member may take to stop its actors before [`Node::run_until`] returns anyway.
 const FENCED_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// tonic's server with the connection limits of `[server]` (the handshake deadline is on the incoming stream):
+/// at most `max_concurrent_streams` requests in flight per connection, HTTP/2 PINGs every
+/// `http2_keepalive_interval_ms` (a peer that does not answer within `http2_keepalive_timeout_ms` is closed), and
+/// [`Config::request_timeout`] for each request until its response starts. hyper's own HTTP/2 defaults stay: at
+/// most 20 streams reset by the client pending accept and 1024 reset by the server before a GOAWAY
+/// (CVE-2023-44487), 16 KiB header list.
+fn server_builder(config: &Config) -> tonic::transport::Server {
+    let server = &config.server;
+    let keepalive = Some(server.http2_keepalive_interval_ms).filter(|ms| *ms > 0).map(Duration::from_millis);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_millis(server.http2_keepalive_timeout_ms)))
+        .timeout(config.request_timeout())
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +133,7 @@ impl Node {
             .map_err(|e| Error::Server(e.to_string()))?;
         let manager = engine.read_side_manager();
 
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = server_builder(&config);
         if let Some(tls) = server_tls {
             builder = builder.tls_config(tls)?;
         }
@@ -130,7 +147,10 @@ impl Node {
                 .add_optional_service(manager.clone().map(ReadSideManagerServiceServer::new))
                 .add_optional_service(manager.map(ReadSideAdminServiceServer::new))
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    with_handshake_deadline(
+                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        Duration::from_millis(config.server.handshake_timeout_ms),
+                    ),
                     async {
                         let _ = stopped.await;
                     },

@@ -12,8 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::debug;
 
 use super::runtime::ClusterContext;
-use super::wire::{PEER_GROUP, PeerMessage, WIRE_VERSION, refused};
-use crate::proto::regent::v1::{self as pb, peer_request};
+use super::wire::{PEER_GROUP, PeerMessage};
+use crate::proto::regent::v1::peer_request;
 
 pub struct PeerActor;
 
@@ -38,18 +38,13 @@ impl Actor for PeerActor {
         context: &mut Arc<ClusterContext>,
     ) -> Result<(), ActorProcessingErr> {
         let PeerMessage::Request(bytes, reply) = message;
-        let request = match pb::PeerRequest::decode(bytes.as_slice()) {
+        let request = match super::wire::decode_request(&bytes) {
             Ok(request) => request,
-            Err(e) => {
-                let _ = reply.send(refused(format!("undecodable request: {e}"), false).encode_to_vec());
+            Err(why) => {
+                let _ = reply.send(super::wire::refused(why, false).encode_to_vec());
                 return Ok(());
             }
         };
-        if request.version != WIRE_VERSION {
-            let why = format!("wire version {} is not {WIRE_VERSION}", request.version);
-            let _ = reply.send(refused(why, false).encode_to_vec());
-            return Ok(());
-        }
         // Heartbeats are answered at once, in order.
         if let Some(peer_request::Kind::Ping(ping)) = &request.kind {
             let _ = reply.send(super::wire::pong(ping.sequence).encode_to_vec());
@@ -59,7 +54,7 @@ impl Actor for PeerActor {
         tokio::spawn(async move {
             debug!(from = %request.from, "peer request");
             let answer = context.serve(request).await;
-            let _ = reply.send(answer.encode_to_vec());
+            let _ = reply.send(super::wire::encode_reply(&answer));
         });
         Ok(())
     }

@@ -29,8 +29,8 @@ use super::sbr::{self, Stability, Strategy, Tick, View};
 use super::status::{ClusterStatus, ClusterStatusSource, MemberStatusView, ShardHomeView};
 use super::transport::{LinkEvent, RactorTransport, Transport};
 use super::wire::{
-    PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire, peer_actor_name, refused,
-    status_from_wire, status_to_wire,
+    MAX_PEER_MESSAGE_BYTES, PEER_GROUP, PeerMessage, WIRE_VERSION, metadata_from_wire, metadata_to_wire,
+    peer_actor_name, refused, status_from_wire, status_to_wire,
 };
 use super::{Error, MemberId, MemberStatus};
 use crate::actors::{CommandEnvelope, CommandError, EntityMessage, RegionMessage};
@@ -136,6 +136,9 @@ impl ClusterContext {
         let peer = self.peer(member).ok_or(RequestError::NoLink)?;
         let request = pb::PeerRequest { version: WIRE_VERSION, from: self.me_key.clone(), kind: Some(kind) };
         let bytes = request.encode_to_vec();
+        if bytes.len() > MAX_PEER_MESSAGE_BYTES {
+            return Err(RequestError::TooLarge(bytes.len()));
+        }
         match peer.call(|reply| PeerMessage::Request(bytes, reply), Some(timeout)).await {
             Ok(CallResult::Success(bytes)) => {
                 pb::PeerReply::decode(bytes.as_slice()).map_err(|_| RequestError::Garbled)
@@ -208,6 +211,11 @@ impl ClusterContext {
                 crate::metrics::get().forwarded("rerouted");
                 return Some(message);
             }
+            // Never sent: it would end the session between the two nodes (see MAX_PEER_MESSAGE_BYTES).
+            Err(RequestError::TooLarge(size)) => Err(CommandError::Handler(Status::out_of_range(format!(
+                "the request is too large to forward to node {home}, which owns the entity ({size} bytes, at most \
+                 {MAX_PEER_MESSAGE_BYTES} between nodes)"
+            )))),
             // The caller's ask timed out at the same time; the command may still be applied there.
             Err(RequestError::Timeout) => {
                 Err(CommandError::Handler(Status::unavailable(format!("node {home} did not answer in time"))))
@@ -324,6 +332,8 @@ pub enum RequestError {
     Timeout,
     #[error("the member's reply could not be decoded")]
     Garbled,
+    #[error("the request ({0} bytes) is too large to cross between nodes")]
+    TooLarge(usize),
 }
 
 /// Readiness as the admin endpoint reports it.

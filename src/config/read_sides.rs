@@ -216,19 +216,34 @@ fn load_path(path: &Path) -> Result<Vec<ReadSideSettings>, ConfigError> {
     };
     let mut all: Vec<Sourced> = Vec::new();
     for file in &files {
-        for read_side in parse_file(file)? {
-            if let Some(first) = all.iter().find(|s| s.settings.id == read_side.settings.id) {
-                return Err(file_error(
-                    file,
-                    format!(
-                        "document {}: readSideId {:?} is already defined in {}",
-                        read_side.document, read_side.settings.id, first.source
-                    ),
-                ));
-            }
-            all.push(read_side);
-        }
+        let text = std::fs::read_to_string(file).map_err(|e| file_error(file, e.to_string()))?;
+        add_unique(&mut all, file, parse_text(file, &text)?)?;
     }
+    Ok(all.into_iter().map(|s| s.settings).collect())
+}
+
+/// Appends the read sides of `file` to `all`, refusing an id defined twice.
+fn add_unique(all: &mut Vec<Sourced>, file: &Path, read_sides: Vec<Sourced>) -> Result<(), ConfigError> {
+    for read_side in read_sides {
+        if let Some(first) = all.iter().find(|s| s.settings.id == read_side.settings.id) {
+            return Err(file_error(
+                file,
+                format!(
+                    "document {}: readSideId {:?} is already defined in {}",
+                    read_side.document, read_side.settings.id, first.source
+                ),
+            ));
+        }
+        all.push(read_side);
+    }
+    Ok(())
+}
+
+/// Parses the text of one read-side YAML file, as if it were read from `file` (named in errors): its read sides
+/// in document order, or the first error. Public for the fuzz targets (`fuzz/`); [`load`] reads the files.
+pub fn parse_yaml(file: &Path, text: &str) -> Result<Vec<ReadSideSettings>, ConfigError> {
+    let mut all = Vec::new();
+    add_unique(&mut all, file, parse_text(file, text)?)?;
     Ok(all.into_iter().map(|s| s.settings).collect())
 }
 
@@ -266,10 +281,9 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<
 const YAML_KEYS: &[&str] =
     &["readSideId", "protocol", "host", "port", "useTls", "timeout", "autoStart", "enabled", "failurePolicy"];
 
-fn parse_file(path: &Path) -> Result<Vec<Sourced>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e.to_string()))?;
+fn parse_text(path: &Path, text: &str) -> Result<Vec<Sourced>, ConfigError> {
     let mut read_sides = Vec::new();
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
         // A syntax error ends the file: the iterator would repeat it forever.
         let value = Value::deserialize(document)

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
@@ -58,6 +59,31 @@ fn entity_id_of(entity_id: String) -> Result<String, Status> {
     }
 }
 
+/// A decoded `ProcessCommand` request and its metadata, as the entity receives it: the checked entity id and the
+/// command envelope with the configured propagated and persisted headers (its trace context is left empty: the
+/// caller fills it from its span). An invalid entity id is `INVALID_ARGUMENT`; the command itself is opaque and
+/// goes to the write handler as sent (a missing one as an empty `Any`). Public for the fuzz targets (`fuzz/`).
+pub fn command_of(
+    body: ProcessCommandRequest,
+    metadata: &MetadataMap,
+    write_side: &WriteSideConfig,
+) -> Result<(String, CommandEnvelope), Status> {
+    let entity_id = entity_id_of(body.entity_id)?;
+    let command = CommandEnvelope {
+        command: body.command.unwrap_or_default(),
+        propagated_headers: headers::propagated(metadata, &write_side.propagated_headers),
+        persisted_headers: headers::persisted(metadata, &write_side.persisted_headers),
+        trace_context: Default::default(),
+    };
+    Ok((entity_id, command))
+}
+
+/// The checked entity id of a decoded `GetState` request (`INVALID_ARGUMENT` when empty or holding NUL).
+/// Public for the fuzz targets (`fuzz/`).
+pub fn get_state_of(body: GetStateRequest) -> Result<String, Status> {
+    entity_id_of(body.entity_id)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -67,22 +93,17 @@ impl ChiefOfStateService for ChiefOfState {
         request: Request<ProcessCommandRequest>,
     ) -> Result<Response<ProcessCommandResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        let entity_id = entity_id_of(body.entity_id)?;
+        let (entity_id, mut command) = command_of(body, &metadata, &self.write_side)?;
         let span = info_span!("process_command", entity_id = %entity_id, node = %self.engine.node());
         telemetry::extract(&span, &metadata);
-        let command = CommandEnvelope {
-            command: body.command.unwrap_or_default(),
-            propagated_headers: headers::propagated(&metadata, &self.write_side.propagated_headers),
-            persisted_headers: headers::persisted(&metadata, &self.write_side.persisted_headers),
-            trace_context: telemetry::inject(&span),
-        };
+        command.trace_context = telemetry::inject(&span);
         let state = self.engine.process_command(entity_id, command).instrument(span).await?;
         Ok(Response::new(ProcessCommandResponse { state: state.state, meta: state.meta }))
     }
 
     async fn get_state(&self, request: Request<GetStateRequest>) -> Result<Response<GetStateResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        let entity_id = entity_id_of(body.entity_id)?;
+        let entity_id = get_state_of(body)?;
         let span = info_span!("get_state", entity_id = %entity_id, node = %self.engine.node());
         telemetry::extract(&span, &metadata);
         let state = self.engine.get_state(entity_id).instrument(span).await?;

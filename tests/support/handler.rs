@@ -19,6 +19,7 @@
 //! | `test.EmptyState` | one `test.Appended` "!nostate": HandleEvent answers no state |
 //! | `test.FailEvent` | one `test.Appended` "!fail": HandleEvent answers `FAILED_PRECONDITION` |
 //! | `test.EchoHeaders` | one `test.Appended` "headers" (the metadata is logged as for every call) |
+//! | `test.Big` `n` | one `test.Appended` of `n` bytes (`z`s): a reply as large as asked |
 //! | anything else | `INVALID_ARGUMENT "unknown command type ..."` |
 //!
 //! HandleEvent appends the event's value to the prior list for any event type except the `!` items above. Every
@@ -218,6 +219,10 @@ impl WriteSideHandlerService for Scripted {
             Some("EmptyState") => events_of(vec![appended("!nostate")]),
             Some("FailEvent") => events_of(vec![appended("!fail")]),
             Some("EchoHeaders") => events_of(vec![appended("headers")]),
+            Some("Big") => {
+                let n: usize = args_of(&command)?.parse().map_err(|_| Status::invalid_argument("big wants bytes"))?;
+                events_of(vec![appended(&"z".repeat(n))])
+            }
             _ => Err(Status::invalid_argument(format!("unknown command type {:?}", command.type_url))),
         }
     }
