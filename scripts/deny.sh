@@ -19,7 +19,7 @@ cargo deny --log-level error check licenses bans sources
 
 db_root="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
 if compgen -G "$db_root/*/advisories" >/dev/null 2>&1 || compgen -G "$db_root/*/crates" >/dev/null 2>&1; then
-  cargo deny --log-level error check --disable-fetch advisories
+  cargo deny --offline --log-level error check advisories
 else
   echo "deny.sh: advisories skipped: no advisory database under $db_root (run \`cargo deny fetch\` where GitHub is reachable, or copy one there)" >&2
 fi
