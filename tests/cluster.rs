@@ -43,10 +43,10 @@ use regent::actors::shard_of;
 use support::actor_tree::{HostedActors, hosted};
 use support::cluster::{
     Cluster, ClusterOptions, LEASE_TTL, LEAVE_TIMEOUT, STABLE_AFTER, entity_in_shard, free_port_on_all, node_ip,
-    parse_http_response, shard_homes,
+    parse_http_response, refs, shard_homes,
 };
-use support::history::{CallKind, HandlerCall, History, JournalEvent, Outcome, Report, list_any, op_any};
-use support::load::{Load, LoadOptions, entity_names};
+use support::history::{CallKind, HandlerCall, History, JournalEvent, Outcome, list_any, op_any};
+use support::load::entity_names;
 
 const NUM_SHARDS: u32 = 16;
 /// The loose bound asserted on a failover (the target is 5 s with the test settings; the measured value is
@@ -56,37 +56,6 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(15);
 /// renewal (TTL/3), with room for a busy 2-core machine.
 const DOWNED_EXIT: Duration = Duration::from_secs(30);
 const LOAD_PATIENCE: Duration = Duration::from_secs(20);
-
-fn refs(names: &[String]) -> Vec<&str> {
-    names.iter().map(String::as_str).collect()
-}
-
-/// The standard load: 6 clients over 24 entities.
-fn standard_load(cluster: &Cluster) -> Load {
-    Load::start(cluster.client(), LoadOptions::new(6, 24))
-}
-
-/// Commands may fail during a failover, but only with what the client policy retries (they ran out of time): any
-/// other status would make a client give up on a command it could have retried.
-#[track_caller]
-fn assert_failures_retryable(history: &History) {
-    let other = history
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Failed { retryable: false, .. }))
-        .map(|a| format!("{} via {}: {:?}", a.entity, a.node, a.outcome))
-        .collect::<Vec<_>>();
-    assert!(other.is_empty(), "errors the client policy does not retry: {other:#?}\n{}", history.summary());
-}
-
-/// Runs the checker, records the scenario's result file (`tests/support/report.rs`, for docs/reliability.md; before
-/// asserting, so that a failed run is recorded too) and asserts that no invariant is broken.
-async fn check_and_record(cluster: &mut Cluster, scenario: &str, test: &str, history: &History) -> Report {
-    let report = cluster.check(history).await;
-    support::report::record(scenario, test, history, &report);
-    report.assert_ok();
-    report
-}
 
 #[track_caller]
 fn assert_no_failed_commands(history: &History) {
@@ -99,14 +68,14 @@ fn assert_no_failed_commands(history: &History) {
 /// Runs the standard load for a while through every node; asserts that every command succeeded, that every node
 /// took some, and that the history checks.
 async fn serve_and_check(cluster: &mut Cluster, test: &str) {
-    let load = standard_load(cluster);
+    let load = cluster.standard_load();
     load.wait_acks(200, LOAD_PATIENCE).await;
     let history = load.stop().await;
     assert_no_failed_commands(&history);
     for node in cluster.names() {
         assert!(history.acked().any(|a| a.node == node), "no command was acked through {node}");
     }
-    check_and_record(cluster, "form", test, &history).await;
+    cluster.check_and_record("form", test, &history, &[]).await;
 }
 
 /// Makes discovery the only way to reach `n1`, before any node starts: `n1`'s advertised address (the proxy link
@@ -189,7 +158,7 @@ async fn three_nodes_form_a_cluster_from_dns_discovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joins_and_shards_rebalance_to_it() {
     let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let before = cluster.shard_homes("n1").await;
 
@@ -213,7 +182,7 @@ async fn a_fourth_node_joins_and_shards_rebalance_to_it() {
     eprintln!("shards before n4 joined: {before:?}\nafter: {after:?} ({on_n4} on n4 when first seen)");
 
     assert_no_failed_commands(&history);
-    let report = check_and_record(&mut cluster, "23", "a_fourth_node_joins_and_shards_rebalance_to_it", &history).await;
+    let report = cluster.check_and_record("23", "a_fourth_node_joins_and_shards_rebalance_to_it", &history, &[]).await;
     assert!(report.total_switches() > 0, "no entity moved to another node");
     cluster.finish().await;
 }
@@ -245,7 +214,7 @@ async fn pick(cluster: &mut Cluster, victim: Victim) -> (String, Vec<String>) {
 /// and no acked op is lost.
 async fn sigterm_under_load(victim: Victim, test: &str) {
     let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(150, LOAD_PATIENCE).await;
     let (victim, survivors) = pick(&mut cluster, victim).await;
     let observer = survivors[0].clone();
@@ -270,7 +239,7 @@ async fn sigterm_under_load(victim: Victim, test: &str) {
     eprintln!("{victim} (shards {shards:?}) left in {left_after:?}; shards now {homes:?}");
 
     assert_no_failed_commands(&history);
-    let report = check_and_record(&mut cluster, "23", test, &history).await;
+    let report = cluster.check_and_record("23", test, &history, &[]).await;
     assert!(
         moved.iter().any(|e| report.switches.get(e).copied().unwrap_or(0) > 0),
         "none of {victim}'s entities {moved:?} moved to a survivor"
@@ -294,7 +263,7 @@ async fn sigterm_of_the_coordinator_under_load() {
 /// are indeterminate). Returns the failover time.
 async fn sigkill_under_load(victim: Victim, test: &str) -> Duration {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(150, LOAD_PATIENCE).await;
     let (victim, survivors) = pick(&mut cluster, victim).await;
     let observer = survivors[0].clone();
@@ -328,8 +297,8 @@ async fn sigkill_under_load(victim: Victim, test: &str) -> Duration {
         .await;
     load.wait_acks(100, LOAD_PATIENCE).await;
     let history = load.stop().await;
-    assert_failures_retryable(&history);
-    check_and_record(&mut cluster, "1", test, &history).await;
+    history.assert_failures_retryable();
+    cluster.check_and_record("1", test, &history, &[]).await;
     cluster.finish().await;
     failover
 }
@@ -350,7 +319,7 @@ async fn sigkill_of_the_coordinator_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again() {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(150, LOAD_PATIENCE).await;
     let (victim, survivors) = pick(&mut cluster, Victim::Member).await;
     let shards = cluster.shards_on(&survivors[0], &victim).await;
@@ -373,8 +342,9 @@ async fn a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again() {
 
     load.wait_acks(100, LOAD_PATIENCE).await;
     let history = load.stop().await;
-    assert_failures_retryable(&history);
-    check_and_record(&mut cluster, "3", "a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again", &history)
+    history.assert_failures_retryable();
+    cluster
+        .check_and_record("3", "a_node_frozen_past_its_lease_is_taken_over_and_never_writes_again", &history, &[])
         .await;
     cluster.finish().await;
 }
@@ -422,7 +392,7 @@ async fn partition_scenario(
     sides: impl FnOnce(&str, &[String]) -> (Vec<String>, Vec<String>),
 ) {
     let mut cluster = Cluster::start(3, options.with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(150, LOAD_PATIENCE).await;
     let oldest = cluster.oldest("n1").await;
     let (losers, winners) = sides(&oldest, &cluster.names());
@@ -452,7 +422,7 @@ async fn partition_scenario(
     eprintln!(
         "losers exited {downed_after:?} after the cut; every entity served on the winners {serving_after:?} after it"
     );
-    check_and_record(&mut cluster, "4", test, &history).await;
+    cluster.check_and_record("4", test, &history, &[]).await;
     cluster.finish().await;
 }
 
@@ -595,7 +565,7 @@ async fn actors_endpoint_shows_regions_shards_and_entities() {
     }
     let history = client.history();
     assert_no_failed_commands(&history);
-    check_and_record(&mut cluster, "actors", "actors_endpoint_shows_regions_shards_and_entities", &history).await;
+    cluster.check_and_record("actors", "actors_endpoint_shows_regions_shards_and_entities", &history, &[]).await;
     cluster.finish().await;
 }
 

@@ -23,48 +23,15 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, ClusterOptions, LEASE_TTL, member, shard_homes, up_nodes};
-use support::history::{History, Outcome, Report};
-use support::load::{Load, LoadOptions};
-use support::report::ScenarioResult;
+use support::cluster::{Cluster, ClusterOptions, LEASE_TTL, member, refs, shard_homes, up_nodes};
+use support::history::History;
+use support::load::Load;
 
 const NUM_SHARDS: u32 = 16;
 /// How long a downed node may take to notice and exit: detection (≈ 1 s) + stable-after (2 s) + its next lease
 /// renewal (TTL/3), with room for a busy 2-core machine.
 const DOWNED_EXIT: Duration = Duration::from_secs(30);
 const LOAD_PATIENCE: Duration = Duration::from_secs(20);
-
-fn refs(names: &[String]) -> Vec<&str> {
-    names.iter().map(String::as_str).collect()
-}
-
-/// The standard load: 6 clients over 24 entities, through every node launched so far.
-fn standard_load(cluster: &Cluster) -> Load {
-    Load::start(cluster.client(), LoadOptions::new(6, 24))
-}
-
-/// Commands may fail during a fault, but only with what the client policy retries.
-#[track_caller]
-fn assert_failures_retryable(history: &History) {
-    let other = history
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Failed { retryable: false, .. }))
-        .map(|a| format!("{} via {}: {:?}", a.entity, a.node, a.outcome))
-        .collect::<Vec<_>>();
-    assert!(other.is_empty(), "errors the client policy does not retry: {other:#?}\n{}", history.summary());
-}
-
-/// Checks the history, writes the result file (before asserting, so that a failed run is recorded too), asserts.
-async fn check_and_record(cluster: &mut Cluster, scenario: &str, test: &str, history: &History, notes: &[String]) {
-    let report: Report = cluster.check(history).await;
-    let mut result = ScenarioResult::new(scenario, test, history, &report);
-    for note in notes {
-        result = result.note(note.clone());
-    }
-    result.write();
-    report.assert_ok();
-}
 
 /// Waits until `nodes` serve every entity of the load, every shard lives on one of them, and the load gets
 /// `acks` more acknowledgements; then stops the load.
@@ -132,7 +99,7 @@ async fn settle(cluster: &mut Cluster, calm: Duration, patience: Duration) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_on_the_same_address() {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let coordinator = cluster.coordinator("n1").await;
     let victim = ["n3", "n2"].into_iter().find(|n| *n != coordinator).expect("a member").to_string();
@@ -172,10 +139,10 @@ async fn sigkill_and_restart_on_the_same_address() {
         history.acked().any(|a| a.node == victim && a.sent > restarted_at),
         "no command was acked through the restarted {victim}"
     );
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes = vec![format!("{victim} restarted (same ports) and ready {ready_after:.1?} after the SIGKILL")];
     eprintln!("{}", notes[0]);
-    check_and_record(&mut cluster, "2", "sigkill_and_restart_on_the_same_address", &history, &notes).await;
+    cluster.check_and_record("2", "sigkill_and_restart_on_the_same_address", &history, &notes).await;
     cluster.finish().await;
 }
 
@@ -209,7 +176,7 @@ async fn four_nodes_n4_oldest(options: ClusterOptions) -> Cluster {
 async fn partition_two_two_keep_majority_keeps_the_lowest_address() {
     let mut cluster = four_nodes_n4_oldest(ClusterOptions::strategy("keep-majority").with_read_sink()).await;
     assert_eq!(cluster.oldest("n1").await, "n4");
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let (winners, losers) = (vec!["n1".to_string(), "n2".to_string()], vec!["n3".to_string(), "n4".to_string()]);
 
@@ -226,12 +193,11 @@ async fn partition_two_two_keep_majority_keeps_the_lowest_address() {
     cluster.proxy.heal();
     cluster.wait_formed(&refs(&winners)).await;
     let history = serve_on(&mut cluster, load, &winners, 60).await;
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes =
         vec![format!("{losers:?} (with the leader n4) exited {downed_after:.1?} after the cut; {winners:?} serve")];
     eprintln!("{}", notes[0]);
-    check_and_record(&mut cluster, "5", "partition_two_two_keep_majority_keeps_the_lowest_address", &history, &notes)
-        .await;
+    cluster.check_and_record("5", "partition_two_two_keep_majority_keeps_the_lowest_address", &history, &notes).await;
     cluster.finish().await;
 }
 
@@ -242,7 +208,7 @@ async fn partition_two_two_keep_majority_keeps_the_lowest_address() {
 #[ignore = "about 50 s: cargo test --test cluster_faults -- --ignored"]
 async fn partition_two_two_down_all_downs_everyone() {
     let mut cluster = Cluster::start(4, ClusterOptions::strategy("down-all").with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let cut_at = Instant::now();
     cluster.proxy.partition(&["n1", "n2"], &["n3", "n4"]);
@@ -261,10 +227,10 @@ async fn partition_two_two_down_all_downs_everyone() {
     cluster.wait_formed(&["n1", "n2"]).await;
     let survivors = vec!["n1".to_string(), "n2".to_string()];
     let history = serve_on(&mut cluster, load, &survivors, 60).await;
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes = vec![format!("all four nodes exited {downed_after:.1?} after the cut; n1, n2 restarted and serve")];
     eprintln!("{}", notes[0]);
-    check_and_record(&mut cluster, "5", "partition_two_two_down_all_downs_everyone", &history, &notes).await;
+    cluster.check_and_record("5", "partition_two_two_down_all_downs_everyone", &history, &notes).await;
     cluster.finish().await;
 }
 
@@ -278,7 +244,7 @@ async fn partition_two_two_down_all_downs_everyone() {
 async fn indirect_partition_downs_the_indirectly_connected_nodes() {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
     assert_eq!(cluster.oldest("n1").await, "n1");
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let cut_at = Instant::now();
     cluster.proxy.partition(&["n2"], &["n3"]);
@@ -291,11 +257,10 @@ async fn indirect_partition_downs_the_indirectly_connected_nodes() {
     cluster.proxy.heal();
     cluster.wait_formed(&["n1"]).await;
     let history = serve_on(&mut cluster, load, &["n1".to_string()], 60).await;
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes = vec![format!("n2 and n3 (indirectly connected) exited {downed_after:.1?} after the cut; n1 serves")];
     eprintln!("{}", notes[0]);
-    check_and_record(&mut cluster, "6", "indirect_partition_downs_the_indirectly_connected_nodes", &history, &notes)
-        .await;
+    cluster.check_and_record("6", "indirect_partition_downs_the_indirectly_connected_nodes", &history, &notes).await;
     cluster.finish().await;
 }
 
@@ -308,7 +273,7 @@ async fn indirect_partition_downs_the_indirectly_connected_nodes() {
 /// form again and serve every entity. Always: no dual owner, no acked op lost, the read side complete (I1–I5).
 async fn flapping_link(duration: Duration, cut_ms: (u64, u64), heal_ms: (u64, u64), test: &str) {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let started = Instant::now();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -352,12 +317,12 @@ async fn flapping_link(duration: Duration, cut_ms: (u64, u64), heal_ms: (u64, u6
     cluster.wait_formed(&["n1", "n2", "n3"]).await;
     let all = cluster.names();
     let history = serve_on(&mut cluster, load, &all, 60).await;
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes = vec![format!(
         "{flips} cut/heal cycles over {flapped:.1?} (cut {cut_ms:?} ms, healed {heal_ms:?} ms), {convicted} cut(s) \
          seen as unreachable: {outcome}; restarted {downed:?}"
     )];
-    check_and_record(&mut cluster, "7", test, &history, &notes).await;
+    cluster.check_and_record("7", test, &history, &notes).await;
     cluster.finish().await;
 }
 
@@ -391,7 +356,7 @@ async fn flapping_link_harsh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_rebalance() {
     let mut cluster = Cluster::start(3, ClusterOptions::default().with_read_sink()).await;
-    let load = standard_load(&cluster);
+    let load = cluster.standard_load();
     load.wait_acks(100, LOAD_PATIENCE).await;
     let coordinator = cluster.coordinator("n1").await;
     assert_eq!(coordinator, "n1", "the oldest member runs the coordinator");
@@ -420,12 +385,12 @@ async fn coordinator_killed_mid_rebalance() {
         })
         .await;
     let history = serve_on(&mut cluster, load, &survivors, 60).await;
-    assert_failures_retryable(&history);
+    history.assert_failures_retryable();
     let notes = vec![format!(
         "{coordinator} (coordinator) killed when n4 held {on_n4}/{fair} shards; new coordinator {new_coordinator}, \
          n4 then reached {settled} shards"
     )];
-    check_and_record(&mut cluster, "23", "coordinator_killed_mid_rebalance", &history, &notes).await;
+    cluster.check_and_record("23", "coordinator_killed_mid_rebalance", &history, &notes).await;
     cluster.finish().await;
 }
 

@@ -1,7 +1,7 @@
 //! PostgreSQL-side faults (`shared/spec/reliability.md` §4.5, scenarios 8, 9, 10, 19 and 22), against real
 //! `regent start` processes (a standalone node, and a 3-node cluster for 8 and 9), the list-append write
 //! handler of `tests/support/history.rs` and, after every run, the §4.6 checker (journal + `GetState` + ownership
-//! registry), whose result each test records with `support::report::record` (`target/reliability/<test>.json`).
+//! registry), whose result each test records with `support::report::ScenarioResult` (`target/reliability/<test>.json`).
 //!
 //! | # | test | database |
 //! |---|---|---|

@@ -28,8 +28,9 @@ use regent::config::PostgresConfig;
 
 use super::fault_proxy::FaultProxy;
 use super::history::{CheckInput, History, HistoryHandler, JournalEvent, Report, check, read_journal};
-use super::load::{ClusterClient, Target};
+use super::load::{ClusterClient, Load, LoadOptions, Target};
 use super::read_sink::{OffsetSampler, ReadCheckInput, ReadSink, check_read_side, read_journal_cursors, read_offsets};
+use super::report::ScenarioResult;
 
 /// Serialises the cluster tests of this process (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -610,6 +611,31 @@ impl Cluster {
 
     /// Runs the checker: the journal, `GetState` of every entity through the running nodes, the registry; with
     /// the read sink, I4 too, once the read side caught up (at most [`READ_SIDE_PATIENCE`]).
+    /// The standard load of the cluster suites: 6 clients over 24 entities, through every node launched so far.
+    pub fn standard_load(&self) -> Load {
+        Load::start(self.client(), LoadOptions::new(6, 24))
+    }
+
+    /// Runs the checker, writes the scenario's result file with `notes` (`tests/support/report.rs`, for
+    /// docs/reliability.md; before asserting, so that a failed run is recorded too) and asserts that no invariant
+    /// is broken.
+    pub async fn check_and_record(
+        &mut self,
+        scenario: &str,
+        test: &str,
+        history: &History,
+        notes: &[String],
+    ) -> Report {
+        let report = self.check(history).await;
+        let mut result = ScenarioResult::new(scenario, test, history, &report);
+        for note in notes {
+            result = result.note(note.clone());
+        }
+        result.write();
+        report.assert_ok();
+        report
+    }
+
     pub async fn check(&mut self, history: &History) -> Report {
         let journal = read_journal(&self.pg.schema).await;
         self.check_journal(history, journal).await
@@ -718,6 +744,11 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Borrows each name (for the `&[&str]` arguments of the harness).
+pub fn refs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
 }
 
 /// The nodes `status` lists as `up`.

@@ -338,6 +338,19 @@ impl History {
     }
 
     /// Counts, failed attempts by code, and the failed commands (at most 5).
+    /// Commands may fail during a fault, but only with what the client policy retries (they ran out of time): any
+    /// other status would make a client give up on a command it could have retried.
+    #[track_caller]
+    pub fn assert_failures_retryable(&self) {
+        let other = self
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Failed { retryable: false, .. }))
+            .map(|a| format!("{} via {}: {:?}", a.entity, a.node, a.outcome))
+            .collect::<Vec<_>>();
+        assert!(other.is_empty(), "errors the client policy does not retry: {other:#?}\n{}", self.summary());
+    }
+
     pub fn summary(&self) -> String {
         let commands = self.commands();
         let failed = self.failed_commands();

@@ -70,8 +70,3 @@ impl ScenarioResult {
         }
     }
 }
-
-/// Records a history-checked scenario run (see [`ScenarioResult`]).
-pub fn record(scenario: &str, test: &str, history: &History, report: &Report) {
-    ScenarioResult::new(scenario, test, history, report).write();
-}
