@@ -115,6 +115,47 @@ pub fn handler_endpoint(url: &str, ca_key: &'static str, ca_file: &str) -> Resul
     endpoint.tls_config(tls).map_err(|e| Error::Config { key: ca_key, message: e.to_string() })
 }
 
+/// The TLS connector for a write handler at `url` when it is `https://` (`None` for `http://`): the handler's
+/// certificate must be signed by a CA of `ca_file` or, when it is empty, by one of the system's roots, as with
+/// [`handler_endpoint`]; ALPN offers `h2`.
+pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Result<Option<TlsConnector>, Error> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    if is_set(ca_file) {
+        for ca in certificates(ca_key, ca_file)? {
+            roots.add(ca).map_err(|e| Error::Pem {
+                key: ca_key,
+                path: ca_file.to_string(),
+                message: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+    } else {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            return Err(Error::Config {
+                key: ca_key,
+                message: "no usable system root certificate; set a CA file".into(),
+            });
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config { key: ca_key, message: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsConnector::from(Arc::new(config))))
+}
+
+/// The name a handler's certificate must carry: its host (a DNS name or an IP address).
+pub fn server_name_of(host: &str) -> ServerName<'static> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("valid"))
+}
+
 /// Mutual TLS for node-to-node links: the acceptor for the listener, the connector for dialling.
 #[derive(Clone)]
 pub struct ClusterTls {

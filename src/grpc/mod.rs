@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod error;
+pub mod h2_channel;
 pub mod headers;
 pub mod manager;
 pub mod service;

@@ -1,14 +1,15 @@
-//! The client side of the application's `WriteSideHandlerService`: a round-robin set of lazily connected channels,
-//! each call bounded by `COS_GRPC_CALLS_TIMEOUT`.
+//! The client side of the application's `WriteSideHandlerService`: tonic clients over a round-robin set of lazily
+//! connected HTTP/2 connections ([`H2Channel`], `COS_GRPC_CLIENT_POOL_SIZE` of them), each call bounded by
+//! `COS_GRPC_CALLS_TIMEOUT`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use super::h2_channel::{H2Channel, Target};
 use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSideHandlerServiceClient;
 use crate::proto::chief_of_state::v1::{
     HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse,
@@ -22,7 +23,7 @@ pub struct WriteHandler {
 }
 
 struct Inner {
-    clients: Vec<WriteSideHandlerServiceClient<Channel>>,
+    clients: Vec<WriteSideHandlerServiceClient<H2Channel>>,
     next: AtomicUsize,
     timeout: Duration,
     /// Sent as `regent-node` on every call, so that a handler (or a test) knows which node called.
@@ -43,11 +44,12 @@ impl WriteHandler {
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Result<Self, crate::tls::Error> {
-        let ep = crate::tls::handler_endpoint(endpoint, "write_side.tls_ca_file", tls_ca_file)?
-            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file)?;
+        let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
+            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?;
         let clients = (0..pool_size.max(1))
             .map(|_| {
-                WriteSideHandlerServiceClient::new(ep.connect_lazy())
+                WriteSideHandlerServiceClient::with_origin(H2Channel::lazy(target.clone()), target.origin.clone())
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes)
             })
@@ -69,7 +71,7 @@ impl WriteHandler {
         }
     }
 
-    fn client(&self) -> WriteSideHandlerServiceClient<Channel> {
+    fn client(&self) -> WriteSideHandlerServiceClient<H2Channel> {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.clients.len();
         self.inner.clients[i].clone()
     }

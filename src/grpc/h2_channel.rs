@@ -1,0 +1,270 @@
+//! The HTTP/2 transport under the write handler's tonic client: each call is put on a shared HTTP/2 connection by
+//! the calling task itself.
+//!
+//! tonic's own `Channel` passes every call through a buffer task, and hyper's HTTP/2 client then spawns a task per
+//! call for the response and another one for the request body, which it writes after the headers: three
+//! task hand-offs and three socket writes (HEADERS, DATA, an empty end-of-stream DATA) per call, on the node's hot
+//! path twice per command (docs/performance.md). Here tonic still encodes, decodes, applies the message size limits
+//! and maps statuses ([`tonic::client::Grpc`]); this service only moves the bytes: the request body (one encoded
+//! message, ready at once) is collected and queued with its headers as one HEADERS + DATA(end of stream) pair on
+//! the [`h2`] connection, whose single task writes everything queued in one go, and the response is read from the
+//! caller's task.
+//!
+//! A channel holds one connection, opened on the first call (lazily, like tonic's `connect_lazy`) and again after
+//! the connection ends; a call that cannot get a connection fails with `UNAVAILABLE`.
+
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::Status;
+use tracing::debug;
+
+/// The windows hyper's HTTP/2 client advertises (what tonic's `Channel` used): a 4 MiB reply is not throttled.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// Where a channel connects, and how.
+#[derive(Clone)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`: the origin tonic puts on every request.
+    pub origin: Uri,
+    host: String,
+    port: u16,
+    tls: Option<TlsConnector>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("origin", &self.origin).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+impl Target {
+    /// `url` is `http://host[:port]` or `https://host[:port]` (then `tls` is required).
+    pub fn new(url: &str, tls: Option<TlsConnector>, connect_timeout: Duration) -> Result<Self, String> {
+        let origin: Uri = url.parse().map_err(|e| format!("bad handler URL {url}: {e}"))?;
+        let https = match origin.scheme() {
+            Some(s) if *s == Scheme::HTTPS => true,
+            Some(s) if *s == Scheme::HTTP => false,
+            _ => return Err(format!("bad handler URL {url}: the scheme must be http or https")),
+        };
+        if https != tls.is_some() {
+            return Err(format!("bad handler URL {url}: TLS settings do not match the scheme"));
+        }
+        let authority: &Authority = origin.authority().ok_or_else(|| format!("bad handler URL {url}: no host"))?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Self { origin, host, port, tls, connect_timeout })
+    }
+}
+
+/// A tower service sending tonic's requests over one lazily opened HTTP/2 connection; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct H2Channel {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    target: Target,
+    /// The open connection's request handle, with the number that tells it from its successors.
+    connection: tokio::sync::Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl H2Channel {
+    /// Connects on the first call.
+    pub fn lazy(target: Target) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                target,
+                connection: tokio::sync::Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl tower_service::Service<Request<tonic::body::Body>> for H2Channel {
+    type Response = Response<ResponseBody>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // Readiness (the peer's stream limit) is awaited per call, on the connection it goes to.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.send(request).await })
+    }
+}
+
+impl Shared {
+    async fn send(self: Arc<Self>, request: Request<tonic::body::Body>) -> Result<Response<ResponseBody>, Status> {
+        let (parts, body) = request.into_parts();
+        // A unary request's body is one encoded message, produced without waiting.
+        let body = body.collect().await.map_err(|e| Status::internal(format!("encoding the request: {e}")))?;
+        let body = body.to_bytes();
+        // A connection that ended since its last call (the handler restarted, or closed it when idle) is noticed
+        // here, before anything is sent, so the call can go to a new connection at once.
+        let mut retried = false;
+        let (generation, mut sender) = loop {
+            let (generation, sender) = self.sender().await?;
+            match sender.ready().await {
+                Ok(sender) => break (generation, sender),
+                Err(e) => {
+                    let status = self.broken(generation, &e).await;
+                    if retried {
+                        return Err(status);
+                    }
+                    retried = true;
+                }
+            }
+        };
+        let (response, mut stream) = match sender.send_request(Request::from_parts(parts, ()), false) {
+            Ok(sent) => sent,
+            Err(e) => return Err(self.broken(generation, &e).await),
+        };
+        // Queued with the headers: both leave in the connection task's next write. Data beyond the handler's flow
+        // control window (a message of megabytes) is buffered by h2 and sent as the window opens.
+        stream.send_data(body, true).map_err(|e| status_of(&self.target, &e))?;
+        let response = match response.await {
+            Ok(response) => response,
+            Err(e) if e.is_io() || e.is_go_away() => return Err(self.broken(generation, &e).await),
+            Err(e) => return Err(status_of(&self.target, &e)),
+        };
+        Ok(response.map(|recv| ResponseBody { recv, trailers_done: false }))
+    }
+
+    /// The current connection's request handle, connecting first when there is none.
+    async fn sender(self: &Arc<Self>) -> Result<(u64, h2::client::SendRequest<Bytes>), Status> {
+        let mut connection = self.connection.lock().await;
+        if let Some((generation, sender)) = connection.as_ref() {
+            return Ok((*generation, sender.clone()));
+        }
+        let sender = tokio::time::timeout(self.target.connect_timeout, self.connect()).await.map_err(|_| {
+            Status::unavailable(format!(
+                "write handler at {} did not accept a connection within {} ms",
+                self.target.origin,
+                self.target.connect_timeout.as_millis()
+            ))
+        })??;
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        *connection = Some((generation, sender.0.clone()));
+        // The connection's task: drives every stream on it; when it ends, the next call connects again.
+        let shared = Arc::downgrade(self);
+        let driver = sender.1;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                debug!(error = %e, "write handler connection ended");
+            }
+            forget(&shared, generation).await;
+        });
+        Ok((generation, sender.0))
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<(h2::client::SendRequest<Bytes>, Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>), Status>
+    {
+        let target = &self.target;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("write handler at {} is unreachable: {e}", target.origin))
+        };
+        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| unreachable(&e))?;
+        tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(STREAM_WINDOW).initial_connection_window_size(CONNECTION_WINDOW);
+        match &target.tls {
+            None => {
+                let (sender, connection) = builder.handshake(tcp).await.map_err(|e| unreachable(&e))?;
+                Ok((sender, Box::pin(connection)))
+            }
+            Some(tls) => {
+                let name = crate::tls::server_name_of(&target.host);
+                let io = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+                let (sender, connection) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
+                Ok((sender, Box::pin(connection)))
+            }
+        }
+    }
+
+    /// The connection failed under a call: the next call opens a new one.
+    async fn broken(&self, generation: u64, error: &h2::Error) -> Status {
+        let mut connection = self.connection.lock().await;
+        if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *connection = None;
+        }
+        status_of(&self.target, error)
+    }
+}
+
+async fn forget(shared: &Weak<Shared>, generation: u64) {
+    if let Some(shared) = shared.upgrade() {
+        let mut connection = shared.connection.lock().await;
+        if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *connection = None;
+        }
+    }
+}
+
+/// A transport failure as the status tonic's `Channel` would give: `UNAVAILABLE` unless the peer said otherwise.
+fn status_of(target: &Target, error: &h2::Error) -> Status {
+    match error.reason() {
+        Some(h2::Reason::CANCEL) if error.is_remote() => {
+            Status::cancelled(format!("write handler at {} cancelled the call", target.origin))
+        }
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => {
+            Status::resource_exhausted(format!("write handler at {}: {error}", target.origin))
+        }
+        _ => Status::unavailable(format!("write handler at {}: {error}", target.origin)),
+    }
+}
+
+/// A response body read straight from the h2 stream; the window is given back as data is read.
+pub struct ResponseBody {
+    recv: h2::RecvStream,
+    trailers_done: bool,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.trailers_done {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => {}
+        }
+        let trailers = std::task::ready!(self.recv.poll_trailers(cx));
+        self.trailers_done = true;
+        match trailers {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers_done || self.recv.is_end_stream()
+    }
+}
