@@ -138,6 +138,9 @@ struct RunArgs {
     /// Channels from the node to the handler (COS_GRPC_CLIENT_POOL_SIZE).
     #[arg(long, default_value_t = 1)]
     handler_pool: usize,
+    /// Runtime worker threads of the node only (TOKIO_WORKER_THREADS; default: one per core).
+    #[arg(long)]
+    node_worker_threads: Option<usize>,
     #[arg(long, value_enum, default_value = "padded")]
     engine_handler: EngineHandler,
     /// Seconds per baseline measurement.
@@ -178,6 +181,7 @@ struct Plan {
     connections: usize,
     pool: usize,
     handler_pool: usize,
+    node_worker_threads: Option<usize>,
     engine_handler: EngineHandler,
 }
 
@@ -209,6 +213,7 @@ impl Plan {
             connections: a.connections,
             pool: a.pool,
             handler_pool: a.handler_pool,
+            node_worker_threads: a.node_worker_threads,
             engine_handler: a.engine_handler,
         }
     }
@@ -424,6 +429,7 @@ impl Env {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(self.plan.node_worker_threads.map(|n| ("TOKIO_WORKER_THREADS".to_string(), n.to_string())))
         .collect()
     }
 

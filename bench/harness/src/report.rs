@@ -19,7 +19,7 @@ pub fn render(r: &Results) -> String {
     let m = &r.machine;
     let mut out = format!(
         "Machine: {} cores, {}, {} RAM; PostgreSQL {}; {}; commit {}; {} (load average at start {})\n\
-         Plan: {} preset, warm-up {} s, measured {} s, pool {}, {} gRPC connections, engine handler {:?}\n\n",
+         Plan: {} preset, warm-up {} s, measured {} s, pool {}, {} gRPC connections, engine handler {:?}, node worker threads {}\n\n",
         m.nproc,
         m.cpu_model,
         m.mem_total,
@@ -34,6 +34,7 @@ pub fn render(r: &Results) -> String {
         r.plan.pool,
         r.plan.connections,
         r.plan.engine_handler,
+        r.plan.node_worker_threads.map_or("one per core".to_string(), |n| n.to_string()),
     );
 
     if !r.pgbench.is_empty() || !r.echo.is_empty() {
