@@ -211,6 +211,12 @@ async fn messages_up_to_the_limit_pass_and_larger_ones_are_refused_in_both_direc
     assert_eq!(reply.state, Some(list(&[&item])));
     assert_eq!(t.get(&id).await.expect("GetState of a 3.9 MiB state").state, reply.state);
     assert_eq!(t.journal_revisions(&id).await, vec![1]);
+    // Another 3.9 MiB item: the command fits, the handler's request (command + 3.9 MiB prior state) does not. It
+    // is refused before it is sent, as OUT_OF_RANGE, and the entity keeps its state.
+    let status = t.process(&id, command("Append", &item)).await.expect_err("the handler's request is too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(t.journal_revisions(&id).await, vec![1]);
+    assert_eq!(t.get(&id).await.expect("GetState after the refusal").state, reply.state);
 
     // 4 MiB + 1: OUT_OF_RANGE before anything runs.
     let id = entity("too-big");
@@ -218,10 +224,14 @@ async fn messages_up_to_the_limit_pass_and_larger_ones_are_refused_in_both_direc
     let status = t.process_request(tonic::Request::new(request)).await.expect_err("4 MiB + 1 is refused");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(t.log().commands(&id).is_empty(), "the handler never sees it");
-    // Exactly the limit still decodes (it then fails in the handler only because its value is not a list item).
-    let exact = request_of_size(&entity("exact"), 4 * MIB);
-    let outcome = t.process_request(tonic::Request::new(exact)).await;
-    assert!(!matches!(&outcome, Err(s) if s.code() == Code::OutOfRange), "4 MiB exactly is accepted: {outcome:?}");
+    // Exactly the limit still decodes; the handler's request (the command plus the entity's meta data) is then
+    // over the limit and refused by the node's encoder, before it is sent.
+    let exact_id = entity("exact");
+    let exact = request_of_size(&exact_id, 4 * MIB);
+    let status = t.process_request(tonic::Request::new(exact)).await.expect_err("the handler's request is too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("encoded message length too large"), "decoded, then refused: {status:?}");
+    assert!(t.log().commands(&exact_id).is_empty(), "the handler never sees it");
 
     // The handler answers with more than the limit: its error is relayed, nothing is stored.
     let id = entity("big-reply");

@@ -114,9 +114,9 @@ impl tower_service::Service<Request<tonic::body::Body>> for H2Channel {
 impl Shared {
     async fn send(self: Arc<Self>, request: Request<tonic::body::Body>) -> Result<Response<ResponseBody>, Status> {
         let (parts, body) = request.into_parts();
-        // A unary request's body is one encoded message, produced without waiting.
-        let body = body.collect().await.map_err(|e| Status::internal(format!("encoding the request: {e}")))?;
-        let body = body.to_bytes();
+        // A unary request's body is one encoded message, produced without waiting; an encoding failure (a message
+        // over `max_message_bytes`) is already the status to return.
+        let body = body.collect().await?.to_bytes();
         // A connection that ended since its last call (the handler restarted, or closed it when idle) is noticed
         // here, before anything is sent, so the call can go to a new connection at once.
         let mut retried = false;
