@@ -543,7 +543,14 @@ async fn one_run(env: &Env, index: usize, spec: &RunSpec) -> anyhow::Result<RunR
         load::phase(&target, load::spread(&warm, spec.clients, 1), command.clone(), warmup, None).await;
         clients
     } else {
-        load::phase(&target, clients, command.clone(), warmup, spec.rate).await.0
+        // The warm-up does not spend the measured period's budget (N × M commands): at the engine lane's rate the
+        // full preset's 5 s warm-up alone would exhaust it.
+        let budgets: std::collections::HashMap<usize, u64> = clients.iter().map(|c| (c.index, c.remaining)).collect();
+        let mut warmed = load::phase(&target, clients, command.clone(), warmup, spec.rate).await.0;
+        for client in &mut warmed {
+            client.remaining = budgets[&client.index];
+        }
+        warmed
     };
 
     // Quiesce so that the backends publish their statistics, then measure.
