@@ -62,6 +62,19 @@ fn certificates(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// A root store of every CA certificate of a PEM file.
+fn ca_roots(key: &'static str, path: &str) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(key, path)? {
+        roots.add(ca).map_err(|e| Error::Pem {
+            key,
+            path: path.to_string(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
 fn private_key(key: &'static str, path: &str) -> Result<PrivateKeyDer<'static>, Error> {
     let pem = read(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Pem {
@@ -122,16 +135,10 @@ pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Resu
     if !url.starts_with("https://") {
         return Ok(None);
     }
-    let mut roots = RootCertStore::empty();
-    if is_set(ca_file) {
-        for ca in certificates(ca_key, ca_file)? {
-            roots.add(ca).map_err(|e| Error::Pem {
-                key: ca_key,
-                path: ca_file.to_string(),
-                message: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
+    let roots = if is_set(ca_file) {
+        ca_roots(ca_key, ca_file)?
     } else {
+        let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(native.certs);
         if added == 0 {
@@ -140,7 +147,8 @@ pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Resu
                 message: "no usable system root certificate; set a CA file".into(),
             });
         }
-    }
+        roots
+    };
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config { key: ca_key, message: e.to_string() })?
@@ -150,10 +158,15 @@ pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Resu
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 
-/// The name a handler's certificate must carry: its host (a DNS name or an IP address).
+/// The name a handler's certificate must carry: its host (a DNS name or an IP address, brackets allowed); a host
+/// that is neither gets a name no certificate carries, so the handshake fails with a certificate error.
 pub fn server_name_of(host: &str) -> ServerName<'static> {
+    server_name_or(host, "invalid.invalid")
+}
+
+fn server_name_or(host: &str, fallback: &'static str) -> ServerName<'static> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string()).unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("valid"))
+    ServerName::try_from(host.to_string()).unwrap_or_else(|_| ServerName::try_from(fallback).expect("a valid DNS name"))
 }
 
 /// Mutual TLS for node-to-node links: the acceptor for the listener, the connector for dialling.
@@ -177,14 +190,7 @@ impl ClusterTls {
         }
         let certs = certificates("cluster.tls_cert_file", &cluster.tls_cert_file)?;
         let key = private_key("cluster.tls_key_file", &cluster.tls_key_file)?;
-        let mut roots = RootCertStore::empty();
-        for ca in certificates("cluster.tls_ca_file", &cluster.tls_ca_file)? {
-            roots.add(ca).map_err(|e| Error::Pem {
-                key: "cluster.tls_ca_file",
-                path: cluster.tls_ca_file.clone(),
-                message: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
+        let roots = ca_roots("cluster.tls_ca_file", &cluster.tls_ca_file)?;
         Self::new(certs, key, roots).map(Some)
     }
 
@@ -223,9 +229,7 @@ impl ClusterTls {
 
     /// The name a dialled peer is asked for (SNI); not verified (see the module documentation).
     pub fn server_name(host: &str) -> ServerName<'static> {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        ServerName::try_from(host.to_string())
-            .unwrap_or_else(|_| ServerName::try_from("regent-cluster").expect("a valid DNS name"))
+        server_name_or(host, "regent-cluster")
     }
 }
 

@@ -14,7 +14,7 @@
 //! the connection ends; a call that cannot get a connection fails with `UNAVAILABLE`.
 
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,21 +77,20 @@ pub struct H2Channel {
 #[derive(Debug)]
 struct Shared {
     target: Target,
-    /// The open connection's request handle, with the number that tells it from its successors.
-    connection: tokio::sync::Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
-    generation: std::sync::atomic::AtomicU64,
+    connection: tokio::sync::Mutex<Connection>,
+}
+
+/// The open connection, if any, and the number of the latest one, which tells it from its successors.
+#[derive(Debug, Default)]
+struct Connection {
+    generation: u64,
+    sender: Option<h2::client::SendRequest<Bytes>>,
 }
 
 impl H2Channel {
     /// Connects on the first call.
     pub fn lazy(target: Target) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                target,
-                connection: tokio::sync::Mutex::new(None),
-                generation: std::sync::atomic::AtomicU64::new(0),
-            }),
-        }
+        Self { shared: Arc::new(Shared { target, connection: Default::default() }) }
     }
 }
 
@@ -151,28 +150,31 @@ impl Shared {
     /// The current connection's request handle, connecting first when there is none.
     async fn sender(self: &Arc<Self>) -> Result<(u64, h2::client::SendRequest<Bytes>), Status> {
         let mut connection = self.connection.lock().await;
-        if let Some((generation, sender)) = connection.as_ref() {
-            return Ok((*generation, sender.clone()));
+        if let Some(sender) = &connection.sender {
+            return Ok((connection.generation, sender.clone()));
         }
-        let sender = tokio::time::timeout(self.target.connect_timeout, self.connect()).await.map_err(|_| {
-            Status::unavailable(format!(
-                "write handler at {} did not accept a connection within {} ms",
-                self.target.origin,
-                self.target.connect_timeout.as_millis()
-            ))
-        })??;
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        *connection = Some((generation, sender.0.clone()));
+        let (sender, driver) =
+            tokio::time::timeout(self.target.connect_timeout, self.connect()).await.map_err(|_| {
+                Status::unavailable(format!(
+                    "write handler at {} did not accept a connection within {} ms",
+                    self.target.origin,
+                    self.target.connect_timeout.as_millis()
+                ))
+            })??;
+        connection.generation += 1;
+        connection.sender = Some(sender.clone());
+        let generation = connection.generation;
         // The connection's task: drives every stream on it; when it ends, the next call connects again.
         let shared = Arc::downgrade(self);
-        let driver = sender.1;
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 debug!(error = %e, "write handler connection ended");
             }
-            forget(&shared, generation).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.forget(generation).await;
+            }
         });
-        Ok((generation, sender.0))
+        Ok((generation, sender))
     }
 
     async fn connect(
@@ -203,19 +205,15 @@ impl Shared {
 
     /// The connection failed under a call: the next call opens a new one.
     async fn broken(&self, generation: u64, error: &h2::Error) -> Status {
-        let mut connection = self.connection.lock().await;
-        if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *connection = None;
-        }
+        self.forget(generation).await;
         status_of(&self.target, error)
     }
-}
 
-async fn forget(shared: &Weak<Shared>, generation: u64) {
-    if let Some(shared) = shared.upgrade() {
-        let mut connection = shared.connection.lock().await;
-        if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *connection = None;
+    /// Drops connection `generation` unless a newer one has replaced it already.
+    async fn forget(&self, generation: u64) {
+        let mut connection = self.connection.lock().await;
+        if connection.generation == generation {
+            connection.sender = None;
         }
     }
 }
