@@ -134,8 +134,11 @@ fn open_blocking(data_dir: &Path, num_shards: u32) -> Result<Connection> {
     let path = data_dir.join(FILE_NAME);
     let mut conn = Connection::open(&path).map_err(map_error)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(map_error)?;
+    // Switching a new file to WAL upgrades a read lock to an exclusive one. When two processes (or two opens) do
+    // that at once, SQLite answers one of them SQLITE_BUSY at once instead of calling the busy handler (waiting
+    // could deadlock), so that one retries until the busy timeout.
+    let mode: String = retry_while_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)))
+        .map_err(map_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Misconfigured(format!("{} cannot use WAL journaling (got {mode})", path.display())));
     }
@@ -148,10 +151,14 @@ fn open_blocking(data_dir: &Path, num_shards: u32) -> Result<Connection> {
 /// Applies the pending migrations, each in its own `BEGIN IMMEDIATE` transaction, which holds the file's write
 /// lock so that two processes opening the same file do not both migrate it.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    conn.execute_batch(
+    // In a transaction of its own too: outside one, the statement would read the schema first and then ask for
+    // the write lock, which SQLite refuses at once (SQLITE_BUSY, no busy handler) when another open wrote between.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS regent_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )
     .map_err(map_error)?;
+    tx.commit().map_err(map_error)?;
     for Migration { version, name, sql } in migrations::SQLITE.iter().copied() {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
         let applied = tx
@@ -179,15 +186,33 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 /// Records `num_shards` on first boot, then fails unless the recorded number is `num_shards`.
 fn check_num_shards(conn: &mut Connection, num_shards: u32) -> Result<()> {
-    conn.execute(
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    tx.execute(
         "INSERT INTO regent_settings (key, value) VALUES ('num_shards', ?1) ON CONFLICT (key) DO NOTHING",
         [num_shards.to_string()],
     )
     .map_err(map_error)?;
-    let stored: String = conn
+    let stored: String = tx
         .query_row("SELECT value FROM regent_settings WHERE key = 'num_shards'", [], |row| row.get(0))
         .map_err(map_error)?;
+    tx.commit().map_err(map_error)?;
     if stored == num_shards.to_string() { Ok(()) } else { Err(shard_count_mismatch(&stored, num_shards)) }
+}
+
+/// Runs `op` again while SQLite answers `SQLITE_BUSY` without having waited (see [`open_blocking`]), for up to
+/// [`BUSY_TIMEOUT`] in all.
+fn retry_while_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match op() {
+            Err(err)
+                if err.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The one classification of SQLite failures: a file locked by another process for longer than the busy timeout,
@@ -447,4 +472,27 @@ fn offset_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool)>
 
 fn offset_from_columns((tx, ordering, paused): (i64, i64, bool)) -> Result<ReadSideOffset> {
     Ok(ReadSideOffset { cursor: cursor_from_sql(tx, ordering)?, paused })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes that open a new file at once race to switch it to WAL and to migrate it; SQLite answers some of
+    /// those races `SQLITE_BUSY` without waiting. Every open must still succeed (CI saw "database is locked").
+    #[test]
+    fn concurrent_first_opens_of_a_new_file_all_succeed() {
+        for _ in 0..30 {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    let data_dir = dir.path().join("data");
+                    std::thread::spawn(move || open_blocking(&data_dir, 16).map(drop))
+                })
+                .collect();
+            for open in opens {
+                open.join().expect("the open thread").expect("every open succeeds");
+            }
+        }
+    }
 }
