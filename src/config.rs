@@ -17,6 +17,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub mod read_sides;
 
@@ -30,6 +31,7 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub write_side: WriteSideConfig,
+    pub grpc_client: GrpcClientConfig,
     pub entities: EntityConfig,
     pub snapshots: SnapshotConfig,
     pub read_side: ReadSideConfig,
@@ -149,6 +151,40 @@ pub struct WriteSideConfig {
     /// `REGENT_WRITE_SIDE_TLS_CA_FILE`: with `use_tls`, trust only the CA certificate(s) in this PEM file for the
     /// handler (a private CA); empty = the system's roots.
     pub tls_ca_file: String,
+}
+
+/// Regent's outbound gRPC connections: to the write handler and to the read handlers (`COS_GRPC_KEEPALIVE_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcClientConfig {
+    /// `COS_GRPC_KEEPALIVE_ENABLED`: send HTTP/2 PINGs on each connection and close one whose peer stops answering
+    /// them (a handler behind a link that silently drops packets, or a load balancer that forgot the connection).
+    pub keepalive_enabled: bool,
+    /// `COS_GRPC_KEEPALIVE_TIME`: interval between PINGs, in milliseconds.
+    pub keepalive_time_ms: u64,
+    /// `COS_GRPC_KEEPALIVE_TIMEOUT`: a PING not acknowledged within this closes the connection, in milliseconds.
+    pub keepalive_timeout_ms: u64,
+    /// `COS_GRPC_KEEPALIVE_WITHOUT_CALLS`: PING also while no call is in flight.
+    pub keepalive_without_calls: bool,
+}
+
+/// HTTP/2 keepalive of an outbound connection ([`GrpcClientConfig::keepalive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub while_idle: bool,
+}
+
+impl GrpcClientConfig {
+    /// The keepalive to apply, when enabled.
+    pub fn keepalive(&self) -> Option<Keepalive> {
+        self.keepalive_enabled.then(|| Keepalive {
+            interval: Duration::from_millis(self.keepalive_time_ms),
+            timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            while_idle: self.keepalive_without_calls,
+        })
+    }
 }
 
 /// Entities, shards, passivation.
@@ -363,6 +399,7 @@ impl Default for Config {
             log: LogConfig::default(),
             store: StoreConfig::default(),
             write_side: WriteSideConfig::default(),
+            grpc_client: GrpcClientConfig::default(),
             entities: EntityConfig::default(),
             snapshots: SnapshotConfig::default(),
             read_side: ReadSideConfig::default(),
@@ -434,6 +471,17 @@ impl Default for WriteSideConfig {
             calls_timeout_ms: 60_000,
             pool_size: 1,
             tls_ca_file: String::new(),
+        }
+    }
+}
+
+impl Default for GrpcClientConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_enabled: false,
+            keepalive_time_ms: 120_000,
+            keepalive_timeout_ms: 60_000,
+            keepalive_without_calls: true,
         }
     }
 }
@@ -611,6 +659,9 @@ enum EnvKind {
     Millis,
     /// An integer number of seconds.
     Secs,
+    /// A duration as CoS's HOCON configuration writes it (`120s`, `1m`, `500 ms`; a bare number is milliseconds),
+    /// stored in milliseconds.
+    Duration,
     /// `STANDARD` / `SIMPLE` / `JSON`, case-insensitive.
     LogStyle,
     /// `sqlite` / `postgres`, case-insensitive.
@@ -707,6 +758,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_WRITE_PERSISTED_HEADERS", &[], "write_side.persisted_headers", EnvKind::Csv),
     var("COS_GRPC_CALLS_TIMEOUT", &[], "write_side.calls_timeout_ms", EnvKind::Millis),
     var("COS_GRPC_CLIENT_POOL_SIZE", &[], "write_side.pool_size", USIZE),
+    var("COS_GRPC_KEEPALIVE_ENABLED", &[], "grpc_client.keepalive_enabled", EnvKind::Bool),
+    var("COS_GRPC_KEEPALIVE_TIME", &[], "grpc_client.keepalive_time_ms", EnvKind::Duration),
+    var("COS_GRPC_KEEPALIVE_TIMEOUT", &[], "grpc_client.keepalive_timeout_ms", EnvKind::Duration),
+    var("COS_GRPC_KEEPALIVE_WITHOUT_CALLS", &[], "grpc_client.keepalive_without_calls", EnvKind::Bool),
     var("COS_NUM_SHARDS", &[], "entities.num_shards", U32),
     var("COS_COMMAND_HANDLER_TIMEOUT", &[], "entities.command_handler_timeout_secs", EnvKind::Secs),
     var("REGENT_PASSIVATION_IDLE_SECS", &[], "entities.passivation_idle_secs", EnvKind::Secs),
@@ -797,6 +852,7 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
         EnvKind::Int { max } => Value::from(int("an integer", max)?),
         EnvKind::Millis => Value::from(int("an integer number of milliseconds", TOML_INT_MAX)?),
         EnvKind::Secs => Value::from(int("an integer number of seconds", TOML_INT_MAX)?),
+        EnvKind::Duration => Value::from(parse_duration_ms(text).map_err(err)?),
         EnvKind::WriteSidePort if text == "-1" => Value::from(0u16),
         EnvKind::WriteSidePort => Value::from(int("an integer (a port, or -1 for none)", u16::MAX.into())?),
         EnvKind::Bool => match text.to_ascii_lowercase().as_str() {
@@ -815,6 +871,29 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
         },
     };
     Ok(Some(value))
+}
+
+/// A HOCON duration (`<number> [unit]`; no unit = milliseconds) in whole milliseconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let expected = || format!("expected a duration such as 120s, 1m or 500ms, got {text:?}");
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let number: f64 = number.parse().map_err(|_| expected())?;
+    let unit_ms = match unit {
+        "ns" | "nano" | "nanos" | "nanosecond" | "nanoseconds" => 1e-6,
+        "us" | "micro" | "micros" | "microsecond" | "microseconds" => 1e-3,
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "second" | "seconds" => 1e3,
+        "m" | "minute" | "minutes" => 60e3,
+        "h" | "hour" | "hours" => 3_600e3,
+        "d" | "day" | "days" => 86_400e3,
+        _ => return Err(expected()),
+    };
+    let ms = (number * unit_ms).round();
+    if !ms.is_finite() || ms > TOML_INT_MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(ms as u64)
 }
 
 /// CoS's list syntax: split on `,`, trim, drop empty items and duplicates (keeping the first).
@@ -1009,6 +1088,15 @@ impl Config {
         let ws = &self.write_side;
         check(ws.calls_timeout_ms >= 1, "write_side.calls_timeout_ms", || "must be at least 1".into())?;
         check(ws.pool_size >= 1, "write_side.pool_size", || "must be at least 1".into())?;
+        let grpc = &self.grpc_client;
+        for (key, ms) in [
+            ("grpc_client.keepalive_time_ms", grpc.keepalive_time_ms),
+            ("grpc_client.keepalive_timeout_ms", grpc.keepalive_timeout_ms),
+        ] {
+            check((100..=HOUR_MS).contains(&ms), key, || {
+                format!("must be between 100 and {HOUR_MS} (an hour), got {ms}")
+            })?;
+        }
 
         let shards = self.entities.num_shards;
         check((1..=10_000).contains(&shards), "entities.num_shards", || {
@@ -1516,6 +1604,37 @@ mod tests {
         config.write_side.use_tls = true;
         config.write_side.host = "::1".into();
         assert_eq!(config.write_side_endpoint().unwrap(), "https://[::1]:50051");
+    }
+
+    #[test]
+    fn grpc_keepalive_variables_take_hocon_durations() {
+        let config = Config::default();
+        assert_eq!(config.grpc_client.keepalive(), None, "off by default, as in CoS");
+        let config = load(
+            None,
+            &[
+                ("COS_GRPC_KEEPALIVE_ENABLED", "true"),
+                ("COS_GRPC_KEEPALIVE_TIME", "2m"),
+                ("COS_GRPC_KEEPALIVE_TIMEOUT", "1500 ms"),
+                ("COS_GRPC_KEEPALIVE_WITHOUT_CALLS", "false"),
+            ],
+        )
+        .unwrap();
+        let keepalive = config.grpc_client.keepalive().expect("enabled");
+        assert_eq!(keepalive.interval, Duration::from_secs(120));
+        assert_eq!(keepalive.timeout, Duration::from_millis(1500));
+        assert!(!keepalive.while_idle);
+
+        for (text, ms) in [("120s", 120_000), ("60 seconds", 60_000), ("1h", 3_600_000), ("250", 250), ("0.5s", 500)] {
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
+        }
+        for bad in ["abc", "10 parsecs", "s", "-5s"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
+        let err = load(None, &[("COS_GRPC_KEEPALIVE_TIME", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("COS_GRPC_KEEPALIVE_TIME"), "{err}");
+        let err = load(None, &[("COS_GRPC_KEEPALIVE_TIMEOUT", "10ms")]).unwrap_err();
+        assert!(err.to_string().starts_with("grpc_client.keepalive_timeout_ms (COS_GRPC_KEEPALIVE_TIMEOUT)"), "{err}");
     }
 
     #[test]

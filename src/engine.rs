@@ -67,7 +67,8 @@ impl Engine {
         let (read_side_supervisor, manager) = if config.read_side.enabled {
             let ids = read_sides.iter().filter(|r| r.enabled).map(|r| r.id.clone()).collect();
             let args =
-                SupervisorArgs::new(read_sides, num_shards, store.clone(), journal_signals.clone(), cluster.is_some());
+                SupervisorArgs::new(read_sides, num_shards, store.clone(), journal_signals.clone(), cluster.is_some())
+                    .with_keepalive(config.grpc_client.keepalive());
             let (supervisor, _) = Actor::spawn(None, ReadSideSupervisor, args).await?;
             let manager = ReadSideManager::new(supervisor.clone(), store.clone(), num_shards, ids);
             (Some(supervisor), Some(manager))

@@ -108,6 +108,7 @@ impl Node {
             config.write_side.pool_size,
             Duration::from_millis(config.write_side.calls_timeout_ms),
             config.server.max_message_bytes,
+            config.grpc_client.keepalive(),
         )?;
         if let Some(cluster) = &cluster {
             handler = handler.identified_as(&cluster.member().node);

@@ -496,6 +496,56 @@ async fn handler_on_a_closed_port_is_unavailable() {
     t.shutdown().await;
 }
 
+/// COS_GRPC_KEEPALIVE_*: a handler connection whose link goes silent (packets dropped, nothing reset) is closed
+/// when a PING goes unanswered, so the call on it fails `UNAVAILABLE` long before its 30 s deadline (without a
+/// keepalive it would end `DEADLINE_EXCEEDED`), and once the link is back the next call connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_closes_a_silent_handler_connection_and_the_next_call_reconnects() {
+    let localhost: std::net::IpAddr = [127, 0, 0, 1].into();
+    let proxy_port = support::nodes::free_port();
+    let t = TestNode::start(|c| {
+        c.write_side.port = proxy_port;
+        c.write_side.calls_timeout_ms = 30_000;
+        c.entities.command_handler_timeout_secs = 40;
+        c.grpc_client.keepalive_enabled = true;
+        c.grpc_client.keepalive_time_ms = 300;
+        c.grpc_client.keepalive_timeout_ms = 500;
+        c.grpc_client.keepalive_without_calls = true;
+    })
+    .await;
+    let mut proxy = support::fault_proxy::FaultProxy::new();
+    proxy
+        .add_link("handler", localhost, std::net::SocketAddr::new(localhost, proxy_port), t.handler.addr())
+        .await
+        .expect("the proxy in front of the handler");
+    let id = entity("keepalive");
+    t.process(&id, command("Append", "a")).await.expect("through the proxy");
+    // Answered PINGs keep an idle connection: still the first one after several intervals.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    t.process(&id, command("Append", "a2")).await.expect("on the same connection");
+    assert_eq!(proxy.connections().values().sum::<usize>(), 1, "{:?}", proxy.connections());
+
+    proxy.block_all_to("handler");
+    let started = Instant::now();
+    let status = t.process(&id, command("Append", "b")).await.expect_err("the link is silent");
+    assert_eq!(status.code(), Code::Unavailable, "after {:?}: {status:?}", started.elapsed());
+    assert_eq!(t.journal_revisions(&id).await, vec![1, 2]);
+
+    proxy.heal();
+    let reply = eventually("a new connection to the handler", Duration::from_secs(10), || async {
+        match t.process(&id, command("Append", "b")).await {
+            Ok(reply) => Some(reply),
+            Err(status) if status.code() == Code::Unavailable => None,
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    })
+    .await;
+    assert_eq!(revision(reply.meta.as_ref()), 3);
+    assert_eq!(items(reply.state.as_ref()), ["a", "a2", "b"]);
+    assert!(proxy.connections().values().sum::<usize>() >= 2, "{:?}", proxy.connections());
+    t.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // §3.4 validation, §3.2 step 7 empty state
 

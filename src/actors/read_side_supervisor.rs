@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadSideProcessor};
+use crate::config::Keepalive;
 use crate::config::read_sides::ReadSideSettings;
 use crate::persistence::{self, JournalSignals, Store};
 use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
@@ -71,6 +72,8 @@ pub struct SupervisorArgs {
     /// In a cluster, processors run only for the shards hosted on this node ([`SupervisorMessage::HostShard`]);
     /// alone, for every shard.
     hosted_only: bool,
+    /// HTTP/2 keepalive of the connections to the read handlers (`COS_GRPC_KEEPALIVE_*`).
+    keepalive: Option<Keepalive>,
 }
 
 impl SupervisorArgs {
@@ -81,7 +84,13 @@ impl SupervisorArgs {
         journal_signals: Arc<JournalSignals>,
         hosted_only: bool,
     ) -> Self {
-        Self { read_sides, num_shards, store, journal_signals, hosted_only }
+        Self { read_sides, num_shards, store, journal_signals, hosted_only, keepalive: None }
+    }
+
+    /// PINGs the read handlers' connections as `keepalive` says.
+    pub fn with_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 }
 
@@ -108,8 +117,14 @@ impl Actor for ReadSideSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut read_sides = HashMap::new();
         for settings in args.read_sides.into_iter().filter(|r| r.enabled) {
-            let endpoint =
+            let mut endpoint =
                 crate::tls::handler_endpoint(&settings.endpoint(), "read_side.tls_ca_file", &settings.tls_ca_file)?;
+            if let Some(keepalive) = args.keepalive {
+                endpoint = endpoint
+                    .http2_keep_alive_interval(keepalive.interval)
+                    .keep_alive_timeout(keepalive.timeout)
+                    .keep_alive_while_idle(keepalive.while_idle);
+            }
             let client = ReadSideHandlerServiceClient::new(endpoint.connect_lazy());
             // autoStart: true resumes a read side paused before; false starts it paused.
             for shard in 0..args.num_shards {

@@ -11,10 +11,14 @@
 //! caller's task.
 //!
 //! A channel holds one connection, opened on the first call (lazily, like tonic's `connect_lazy`) and again after
-//! the connection ends; a call that cannot get a connection fails with `UNAVAILABLE`.
+//! the connection ends; a call that cannot get a connection fails with `UNAVAILABLE`. With a [`Keepalive`]
+//! (`COS_GRPC_KEEPALIVE_*`) the connection's task PINGs the handler every interval and closes the connection when a
+//! PING goes unanswered: its calls fail with `UNAVAILABLE` at once rather than at their deadline, and the next
+//! call connects again.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +30,9 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::Status;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::config::Keepalive;
 
 /// The windows hyper's HTTP/2 client advertises (what tonic's `Channel` used): a 4 MiB reply is not throttled.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -41,6 +47,7 @@ pub struct Target {
     port: u16,
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
+    keepalive: Option<Keepalive>,
 }
 
 impl std::fmt::Debug for Target {
@@ -64,7 +71,13 @@ impl Target {
         let authority: &Authority = origin.authority().ok_or_else(|| format!("bad handler URL {url}: no host"))?;
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Ok(Self { origin, host, port, tls, connect_timeout })
+        Ok(Self { origin, host, port, tls, connect_timeout, keepalive: None })
+    }
+
+    /// PINGs each connection as `keepalive` says.
+    pub fn with_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 }
 
@@ -78,6 +91,8 @@ pub struct H2Channel {
 struct Shared {
     target: Target,
     connection: tokio::sync::Mutex<Connection>,
+    /// Calls in flight (until their response body is dropped), for a keepalive that PINGs only under calls.
+    calls: Arc<AtomicUsize>,
 }
 
 /// The open connection, if any, and the number of the latest one, which tells it from its successors.
@@ -90,7 +105,7 @@ struct Connection {
 impl H2Channel {
     /// Connects on the first call.
     pub fn lazy(target: Target) -> Self {
-        Self { shared: Arc::new(Shared { target, connection: Default::default() }) }
+        Self { shared: Arc::new(Shared { target, connection: Default::default(), calls: Default::default() }) }
     }
 }
 
@@ -116,6 +131,7 @@ impl Shared {
         // A unary request's body is one encoded message, produced without waiting; an encoding failure (a message
         // over `max_message_bytes`) is already the status to return.
         let body = body.collect().await?.to_bytes();
+        let call = InFlight::start(&self.calls);
         // A connection that ended since its last call (the handler restarted, or closed it when idle) is noticed
         // here, before anything is sent, so the call can go to a new connection at once.
         let mut retried = false;
@@ -144,7 +160,7 @@ impl Shared {
             Err(e) if e.is_io() || e.is_go_away() => return Err(self.broken(generation, &e).await),
             Err(e) => return Err(status_of(&self.target, &e)),
         };
-        Ok(response.map(|recv| ResponseBody { recv, trailers_done: false }))
+        Ok(response.map(|recv| ResponseBody { recv, trailers_done: false, _call: call }))
     }
 
     /// The current connection's request handle, connecting first when there is none.
@@ -153,7 +169,7 @@ impl Shared {
         if let Some(sender) = &connection.sender {
             return Ok((connection.generation, sender.clone()));
         }
-        let (sender, driver) =
+        let (sender, mut driver) =
             tokio::time::timeout(self.target.connect_timeout, self.connect()).await.map_err(|_| {
                 Status::unavailable(format!(
                     "write handler at {} did not accept a connection within {} ms",
@@ -164,10 +180,24 @@ impl Shared {
         connection.generation += 1;
         connection.sender = Some(sender.clone());
         let generation = connection.generation;
-        // The connection's task: drives every stream on it; when it ends, the next call connects again.
+        // The connection's task: drives every stream on it, and PINGs it with a keepalive; when it ends (or a PING
+        // goes unanswered, which drops the connection and fails its calls), the next call connects again.
+        let keepalive = self.target.keepalive.zip(driver.ping_pong());
+        let (calls, origin) = (self.calls.clone(), self.target.origin.clone());
         let shared = Arc::downgrade(self);
         tokio::spawn(async move {
-            if let Err(e) = driver.await {
+            let ended = match keepalive {
+                None => (&mut driver.connection).await,
+                Some((keepalive, ping_pong)) => tokio::select! {
+                    ended = &mut driver.connection => ended,
+                    silence = keep_alive(ping_pong, keepalive, calls) => {
+                        warn!(handler = %origin, "closing the write handler connection: {silence}");
+                        Ok(())
+                    }
+                },
+            };
+            drop(driver);
+            if let Err(e) = ended {
                 debug!(error = %e, "write handler connection ended");
             }
             if let Some(shared) = shared.upgrade() {
@@ -177,10 +207,7 @@ impl Shared {
         Ok((generation, sender))
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<(h2::client::SendRequest<Bytes>, Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>), Status>
-    {
+    async fn connect(&self) -> Result<(h2::client::SendRequest<Bytes>, Driver), Status> {
         let target = &self.target;
         let unreachable = |e: &dyn std::fmt::Display| {
             Status::unavailable(format!("write handler at {} is unreachable: {e}", target.origin))
@@ -191,14 +218,16 @@ impl Shared {
         builder.initial_window_size(STREAM_WINDOW).initial_connection_window_size(CONNECTION_WINDOW);
         match &target.tls {
             None => {
-                let (sender, connection) = builder.handshake(tcp).await.map_err(|e| unreachable(&e))?;
-                Ok((sender, Box::pin(connection)))
+                let (sender, mut connection) = builder.handshake(tcp).await.map_err(|e| unreachable(&e))?;
+                let ping_pong = connection.ping_pong();
+                Ok((sender, Driver { connection: Box::pin(connection), ping_pong }))
             }
             Some(tls) => {
                 let name = crate::tls::server_name_of(&target.host);
                 let io = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
-                let (sender, connection) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
-                Ok((sender, Box::pin(connection)))
+                let (sender, mut connection) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
+                let ping_pong = connection.ping_pong();
+                Ok((sender, Driver { connection: Box::pin(connection), ping_pong }))
             }
         }
     }
@@ -215,6 +244,54 @@ impl Shared {
         if connection.generation == generation {
             connection.sender = None;
         }
+    }
+}
+
+/// A connection's future (it drives every stream; dropping it closes the connection and fails its streams) and
+/// its PING handle.
+struct Driver {
+    connection: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>,
+    ping_pong: Option<h2::PingPong>,
+}
+
+impl Driver {
+    fn ping_pong(&mut self) -> Option<h2::PingPong> {
+        self.ping_pong.take()
+    }
+}
+
+/// PINGs every `keepalive.interval` (skipping idle moments unless `while_idle`); returns why the connection should
+/// close: a PING unanswered within `keepalive.timeout`, or the connection failing under it.
+async fn keep_alive(mut ping_pong: h2::PingPong, keepalive: Keepalive, calls: Arc<AtomicUsize>) -> String {
+    let mut ticks = tokio::time::interval(keepalive.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate
+    loop {
+        ticks.tick().await;
+        if !keepalive.while_idle && calls.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(keepalive.timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("PING failed: {e}"),
+            Err(_) => return format!("no PING acknowledgement within {} ms", keepalive.timeout.as_millis()),
+        }
+    }
+}
+
+/// One call in flight, from its request until its response body is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::Relaxed);
+        Self(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -235,6 +312,7 @@ fn status_of(target: &Target, error: &h2::Error) -> Status {
 pub struct ResponseBody {
     recv: h2::RecvStream,
     trailers_done: bool,
+    _call: InFlight,
 }
 
 impl Body for ResponseBody {

@@ -43,10 +43,12 @@ impl WriteHandler {
         pool_size: usize,
         timeout: Duration,
         max_message_bytes: usize,
+        keepalive: Option<crate::config::Keepalive>,
     ) -> Result<Self, crate::tls::Error> {
         let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file)?;
         let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
-            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?;
+            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?
+            .with_keepalive(keepalive);
         let clients = (0..pool_size.max(1))
             .map(|_| {
                 WriteSideHandlerServiceClient::with_origin(H2Channel::lazy(target.clone()), target.origin.clone())
