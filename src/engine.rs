@@ -68,7 +68,8 @@ impl Engine {
             let ids = read_sides.iter().filter(|r| r.enabled).map(|r| r.id.clone()).collect();
             let args =
                 SupervisorArgs::new(read_sides, num_shards, store.clone(), journal_signals.clone(), cluster.is_some())
-                    .with_keepalive(config.grpc_client.keepalive());
+                    .with_keepalive(config.grpc_client.keepalive())
+                    .with_breaker(config.read_side.breaker());
             let (supervisor, _) = Actor::spawn(None, ReadSideSupervisor, args).await?;
             let manager = ReadSideManager::new(supervisor.clone(), store.clone(), num_shards, ids);
             (Some(supervisor), Some(manager))

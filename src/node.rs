@@ -109,7 +109,8 @@ impl Node {
             Duration::from_millis(config.write_side.calls_timeout_ms),
             config.server.max_message_bytes,
             config.grpc_client.keepalive(),
-        )?;
+        )?
+        .with_breaker(config.write_side.breaker());
         if let Some(cluster) = &cluster {
             handler = handler.identified_as(&cluster.member().node);
         } else if !config.cluster.node_name.is_empty() {

@@ -43,6 +43,15 @@ struct Rig {
 impl Rig {
     /// `num_shards` shards; `read_sides` gets the read handler's port.
     async fn start(num_shards: u32, read_sides: impl FnOnce(u16) -> Vec<ReadSideSpec>) -> Rig {
+        Self::start_with(num_shards, read_sides, |_| {}).await
+    }
+
+    /// [`start`](Self::start), with `tweak` adjusting the node's configuration last.
+    async fn start_with(
+        num_shards: u32,
+        read_sides: impl FnOnce(u16) -> Vec<ReadSideSpec>,
+        tweak: impl FnOnce(&mut regent::config::Config),
+    ) -> Rig {
         let reader = ReadHandler::start().await;
         let yaml = ReadSidesYaml::write(&read_sides(reader.port()));
         let path = yaml.path_str();
@@ -50,6 +59,7 @@ impl Rig {
             c.entities.num_shards = num_shards;
             c.read_side.enabled = true;
             c.read_side.config = path;
+            tweak(c);
         })
         .await;
         Rig { t, reader, _yaml: yaml }
@@ -688,6 +698,41 @@ async fn replay_stop_policy_retries_five_times_then_stops() {
     assert_eq!(rig.reader.log.attempts("rs", &e, 2).len(), 6);
     assert_eq!(rig.reader.log.revisions("rs", &e), vec![1]);
     assert_eq!(rig.status("rs", se).await.status, "STOPPED");
+    rig.shutdown().await;
+}
+
+/// COS_READ_SIDE_BREAKER_*: two failed calls open the read side's circuit; the next row fails at once without
+/// reaching the handler (the failure policy, SKIP here, applies to it as to any failure), and after the reset
+/// timeout a trial call goes through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_side_breaker_fails_rows_fast_while_open_and_closes_after_a_trial() {
+    let rig = Rig::start_with(
+        1,
+        |port| vec![ReadSideSpec::new("rs", port).policy("SKIP")],
+        |c| {
+            c.read_side.breaker_enabled = true;
+            c.read_side.breaker_max_failures = 2;
+            c.read_side.breaker_reset_timeout_ms = 1_000;
+        },
+    )
+    .await;
+    rig.reader.set_rule(|_| Answer::Error(Code::Unavailable));
+    let e = entity("breaker");
+    for item in ["a", "b", "c"] {
+        rig.append(&e, item).await;
+    }
+    eventually("three rows failed and skipped", WAIT, || async {
+        let s = rig.status("rs", 0).await;
+        (s.failures == 3 && s.offset == 3).then_some(())
+    })
+    .await;
+    let called: Vec<u32> = rig.reader.log.calls("rs").iter().map(|c| c.revision).collect();
+    assert_eq!(called, [1, 2], "the open circuit kept row 3 from the handler");
+
+    rig.reader.clear_rule();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    rig.append(&e, "d").await;
+    rig.wait_revisions("rs", &e, &[4]).await;
     rig.shutdown().await;
 }
 

@@ -546,6 +546,39 @@ async fn keepalive_closes_a_silent_handler_connection_and_the_next_call_reconnec
     t.shutdown().await;
 }
 
+/// COS_WRITE_SIDE_BREAKER_*: failed calls in a row open the circuit; then commands fail at once with CoS's
+/// `INTERNAL` "Circuit Breaker is open" without reaching the handler, until one trial call after the reset timeout
+/// closes it. Rejections by the handler (`INVALID_ARGUMENT` ...) do not count (docs/configuration.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_side_breaker_opens_fails_fast_and_closes_after_a_trial() {
+    let t = TestNode::start(|c| {
+        c.write_side.breaker_enabled = true;
+        c.write_side.breaker_max_failures = 2;
+        c.write_side.breaker_reset_timeout_ms = 1_000;
+    })
+    .await;
+    let id = entity("breaker");
+    t.process(&id, command("Append", "a")).await.unwrap();
+    for _ in 0..3 {
+        assert_status(t.process(&id, command("Fail", "3:no such thing")).await, Code::InvalidArgument, "no such thing");
+    }
+    for _ in 0..2 {
+        assert_status(t.process(&id, command("Fail", "14:overloaded")).await, Code::Unavailable, "overloaded");
+    }
+    let calls = t.log().commands(&id).len();
+    assert_status(t.process(&id, command("Append", "b")).await, Code::Internal, regent::grpc::breaker::OPEN_MESSAGE);
+    assert_eq!(t.log().commands(&id).len(), calls, "an open circuit does not call the handler");
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let reply = t.process(&id, command("Append", "b")).await.expect("the trial call after the reset timeout");
+    assert_eq!(revision(reply.meta.as_ref()), 2);
+    assert_status(t.process(&id, command("Fail", "14:once")).await, Code::Unavailable, "once");
+    let reply = t.process(&id, command("Append", "c")).await.expect("closed: one failure is below the limit");
+    assert_eq!(items(reply.state.as_ref()), ["a", "b", "c"]);
+    assert_eq!(t.journal_revisions(&id).await, vec![1, 2, 3]);
+    t.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // §3.4 validation, §3.2 step 7 empty state
 

@@ -19,11 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 use prost::Message as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
+use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::read_sides::{FailurePolicy, ReadSideSettings};
+use crate::grpc::breaker::CircuitBreaker;
 use crate::persistence::{self, Cursor, JournalRow, Store};
 use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
 use crate::proto::chief_of_state::v1::{EventWrapper, HandleReadSideRequest};
@@ -103,11 +105,19 @@ pub enum ProcessorMessage {
     Report(RpcReplyPort<ProcessorReport>),
 }
 
+/// A read side's handler: its client, and its circuit breaker when `COS_READ_SIDE_BREAKER_ENABLED` (one per read
+/// side on a node, shared by its processors, as in CoS).
+#[derive(Clone)]
+pub struct ReadHandler {
+    pub client: ReadSideHandlerServiceClient<Channel>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
+}
+
 pub struct ProcessorArgs {
     pub settings: Arc<ReadSideSettings>,
     pub shard: u32,
     pub store: Arc<dyn Store>,
-    pub client: ReadSideHandlerServiceClient<Channel>,
+    pub handler: ReadHandler,
     pub journal_signal: watch::Receiver<u64>,
 }
 
@@ -115,7 +125,7 @@ pub struct ProcessorState {
     settings: Arc<ReadSideSettings>,
     shard: u32,
     store: Arc<dyn Store>,
-    client: ReadSideHandlerServiceClient<Channel>,
+    handler: ReadHandler,
     journal_signal: watch::Receiver<u64>,
     cursor: Cursor,
     paused: bool,
@@ -154,7 +164,7 @@ impl Actor for ReadSideProcessor {
             settings: args.settings,
             shard: args.shard,
             store: args.store,
-            client: args.client,
+            handler: args.handler,
             journal_signal: args.journal_signal,
             cursor: offset.cursor,
             paused: offset.paused,
@@ -377,15 +387,26 @@ impl ProcessorState {
         let span = tracing::info_span!("read_side", read_side = %self.settings.id, shard = self.shard,
             entity_id = %row.entity_id, ordering = row.cursor.ordering);
         span.in_scope(|| crate::telemetry::inject_metadata(request.metadata_mut()));
-        let call = self.client.handle_read_side(request);
-        match tokio::time::timeout(timeout, call).instrument(span).await {
-            Ok(Ok(reply)) if reply.get_ref().successful => {
+        let mut client = self.handler.client.clone();
+        let call = async move {
+            tokio::time::timeout(timeout, client.handle_read_side(request)).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the read handler did not answer within {} ms",
+                    timeout.as_millis()
+                )))
+            })
+        };
+        let outcome = match &self.handler.breaker {
+            Some(breaker) => breaker.call(call).instrument(span).await,
+            None => call.instrument(span).await,
+        };
+        match outcome {
+            Ok(reply) if reply.get_ref().successful => {
                 debug!(read_side = %self.settings.id, shard = self.shard, ordering = row.cursor.ordering, "delivered");
                 Ok(())
             }
-            Ok(Ok(_)) => Err("the read handler answered successful=false".into()),
-            Ok(Err(status)) => Err(format!("the read handler failed: {:?}: {}", status.code(), status.message())),
-            Err(_) => Err(format!("the read handler did not answer within {} ms", timeout.as_millis())),
+            Ok(_) => Err("the read handler answered successful=false".into()),
+            Err(status) => Err(format!("the read handler failed: {:?}: {}", status.code(), status.message())),
         }
     }
 

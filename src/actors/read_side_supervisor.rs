@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadSideProcessor};
-use crate::config::Keepalive;
+use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadHandler, ReadSideProcessor};
 use crate::config::read_sides::ReadSideSettings;
+use crate::config::{BreakerSettings, Keepalive};
+use crate::grpc::breaker::CircuitBreaker;
 use crate::persistence::{self, JournalSignals, Store};
 use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
 
@@ -74,6 +74,8 @@ pub struct SupervisorArgs {
     hosted_only: bool,
     /// HTTP/2 keepalive of the connections to the read handlers (`COS_GRPC_KEEPALIVE_*`).
     keepalive: Option<Keepalive>,
+    /// Each read side's circuit breaker (`COS_READ_SIDE_BREAKER_*`).
+    breaker: Option<BreakerSettings>,
 }
 
 impl SupervisorArgs {
@@ -84,7 +86,13 @@ impl SupervisorArgs {
         journal_signals: Arc<JournalSignals>,
         hosted_only: bool,
     ) -> Self {
-        Self { read_sides, num_shards, store, journal_signals, hosted_only, keepalive: None }
+        Self { read_sides, num_shards, store, journal_signals, hosted_only, keepalive: None, breaker: None }
+    }
+
+    /// Puts each read side's calls behind a circuit breaker of its own.
+    pub fn with_breaker(mut self, breaker: Option<BreakerSettings>) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     /// PINGs the read handlers' connections as `keepalive` says.
@@ -97,7 +105,7 @@ impl SupervisorArgs {
 pub struct SupervisorState {
     /// `None`: every shard; `Some`: the shards hosted here.
     hosted: Option<std::collections::HashSet<u32>>,
-    read_sides: HashMap<String, (Arc<ReadSideSettings>, ReadSideHandlerServiceClient<Channel>)>,
+    read_sides: HashMap<String, (Arc<ReadSideSettings>, ReadHandler)>,
     num_shards: u32,
     store: Arc<dyn Store>,
     journal_signals: Arc<JournalSignals>,
@@ -126,6 +134,10 @@ impl Actor for ReadSideSupervisor {
                     .keep_alive_while_idle(keepalive.while_idle);
             }
             let client = ReadSideHandlerServiceClient::new(endpoint.connect_lazy());
+            let breaker = args
+                .breaker
+                .map(|breaker| Arc::new(CircuitBreaker::new(format!("read side {}", settings.id), breaker)));
+            let handler = ReadHandler { client, breaker };
             // autoStart: true resumes a read side paused before; false starts it paused.
             for shard in 0..args.num_shards {
                 args.store.save_paused(&settings.id, shard, !settings.auto_start).await?;
@@ -133,7 +145,7 @@ impl Actor for ReadSideSupervisor {
             }
             info!(read_side = %settings.id, endpoint = %settings.endpoint(), policy = %settings.failure_policy,
                 auto_start = settings.auto_start, "read side configured");
-            read_sides.insert(settings.id.clone(), (Arc::new(settings), client));
+            read_sides.insert(settings.id.clone(), (Arc::new(settings), handler));
         }
         Ok(SupervisorState {
             hosted: args.hosted_only.then(std::collections::HashSet::new),
@@ -311,12 +323,12 @@ impl SupervisorState {
         if self.processors.contains_key(&key) || self.hosted.as_ref().is_some_and(|h| !h.contains(&shard)) {
             return;
         }
-        let Some((settings, client)) = self.read_sides.get(&key.0) else { return };
+        let Some((settings, handler)) = self.read_sides.get(&key.0) else { return };
         let args = ProcessorArgs {
             settings: settings.clone(),
             shard,
             store: self.store.clone(),
-            client: client.clone(),
+            handler: handler.clone(),
             journal_signal: self.journal_signals.subscribe(shard),
         };
         match Actor::spawn_linked(None, ReadSideProcessor, args, myself.get_cell()).await {

@@ -1,6 +1,7 @@
 //! The gRPC edge: the client-facing `ChiefOfStateService`, the client of the application's write handler, the
 //! metadata (header) rules, and the one table that maps internal errors to `tonic::Status`.
 
+pub mod breaker;
 pub mod connection;
 pub mod error;
 pub mod h2_channel;

@@ -1,6 +1,7 @@
 //! The client side of the application's `WriteSideHandlerService`: tonic clients over a round-robin set of lazily
 //! connected HTTP/2 connections ([`H2Channel`], `COS_GRPC_CLIENT_POOL_SIZE` of them), each call bounded by
-//! `COS_GRPC_CALLS_TIMEOUT`.
+//! `COS_GRPC_CALLS_TIMEOUT`, and, when `COS_WRITE_SIDE_BREAKER_ENABLED`, by one circuit breaker for the node
+//! ([`CircuitBreaker`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
+use super::breaker::CircuitBreaker;
 use super::h2_channel::{H2Channel, Target};
 use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSideHandlerServiceClient;
 use crate::proto::chief_of_state::v1::{
@@ -28,6 +30,7 @@ struct Inner {
     timeout: Duration,
     /// Sent as `regent-node` on every call, so that a handler (or a test) knows which node called.
     node: Option<tonic::metadata::AsciiMetadataValue>,
+    breaker: Option<CircuitBreaker>,
 }
 
 /// The metadata key naming the calling node on every write-handler call.
@@ -56,7 +59,15 @@ impl WriteHandler {
                     .max_encoding_message_size(max_message_bytes)
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, node: None }) })
+        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, node: None, breaker: None }) })
+    }
+
+    /// Puts every call behind a circuit breaker (`COS_WRITE_SIDE_BREAKER_*`).
+    pub fn with_breaker(mut self, settings: Option<crate::config::BreakerSettings>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.breaker = settings.map(|settings| CircuitBreaker::new("write side", settings));
+        }
+        self
     }
 
     /// Names the calling node (`regent-node` metadata) on every call.
@@ -108,6 +119,17 @@ impl WriteSide for WriteHandler {
 
 impl WriteHandler {
     async fn bounded<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match &self.inner.breaker {
+            Some(breaker) => breaker.call(self.deadline(method, call)).await,
+            None => self.deadline(method, call).await,
+        }
+    }
+
+    async fn deadline<T>(
         &self,
         method: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
