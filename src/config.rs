@@ -904,6 +904,9 @@ pub const ENV_VARS: &[EnvVar] = &[
 pub const IGNORED_ENV_VARS: &[&str] =
     &["COS_DB_CREATE_TABLES", "COS_DB_DB", "COS_EVENTS_BATCH_THRESHOLD", "COS_STORES_AUTO_CREATE"];
 
+/// CoS's protocol choices (`grpc`, `http`, `both`): Regent speaks gRPC only, so any other value is refused.
+pub const PROTOCOL_ENV_VARS: &[&str] = &["COS_SERVER_PROTOCOL", "COS_WRITE_SIDE_PROTOCOL"];
+
 /// Keys that can only be set in the TOML file (or on the command line); every other key has an entry in
 /// [`ENV_VARS`].
 pub const TOML_ONLY_KEYS: &[&str] = &["cluster.phi_threshold", "cluster.rebalance_relative_limit"];
@@ -1033,6 +1036,18 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>, file_sets_backend: bool) -> R
         }
         if let Some(value) = chosen {
             insert(&mut dict, var.key, value);
+        }
+    }
+    // CoS's HTTP/JSON mode (fork HEAD) is not served yet: a deployment that asks for it is stopped, never given a
+    // gRPC port it did not expect.
+    for var in PROTOCOL_ENV_VARS {
+        if let Some(raw) = env(var).filter(|v| !v.trim().is_empty())
+            && !raw.trim().eq_ignore_ascii_case("grpc")
+        {
+            return Err(ConfigError::Env {
+                var: (*var).into(),
+                message: format!("only grpc is supported (CoS's HTTP/JSON mode is not, yet), got {raw:?}"),
+            });
         }
     }
     // A CoS deployment pointed at Regent keeps its PostgreSQL: COS_DB_HOST alone selects the backend, unless the
@@ -1746,6 +1761,17 @@ mod tests {
     }
 
     #[test]
+    fn protocols_other_than_grpc_are_refused_by_name() {
+        for var in PROTOCOL_ENV_VARS {
+            assert!(load(None, &[(var, "GRPC")]).is_ok(), "{var}");
+            for value in ["http", "both"] {
+                let err = load(None, &[(var, value)]).unwrap_err();
+                assert!(err.to_string().starts_with(&format!("{var}: only grpc is supported")), "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn breaker_variables_and_their_bounds_when_enabled() {
         assert_eq!((Config::default().write_side.breaker(), Config::default().read_side.breaker()), (None, None));
         let config = load(
@@ -1881,6 +1907,9 @@ mod tests {
             for name in std::iter::once(&var.name).chain(var.aliases) {
                 assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
             }
+        }
+        for name in PROTOCOL_ENV_VARS {
+            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
