@@ -132,8 +132,8 @@ struct RunArgs {
     /// gRPC connections from the load generator (to the node, and to the echo server).
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// PostgreSQL pool of the node (COS_DB_POOL_MAX_SIZE).
-    #[arg(long, default_value_t = 8)]
+    /// PostgreSQL pool of the node (COS_DB_POOL_MAX_SIZE); default: the node's own default, 5 (two journal writers).
+    #[arg(long, default_value_t = 5)]
     pool: usize,
     /// Channels from the node to the handler (COS_GRPC_CLIENT_POOL_SIZE).
     #[arg(long, default_value_t = 1)]
