@@ -46,7 +46,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let _telemetry = telemetry::init(&config.log);
+    let _telemetry = telemetry::init(&config.log, &config.service_name);
     if args.example_handler {
         let (addr, serve) = bank::bind("127.0.0.1:0", std::future::pending()).await?;
         tokio::spawn(serve);
@@ -75,7 +75,7 @@ async fn shutdown_signal() {
 }
 
 async fn example_handler(args: ExampleHandlerArgs) -> anyhow::Result<()> {
-    let _telemetry = telemetry::init(&Default::default());
+    let _telemetry = telemetry::init(&Default::default(), "regent-example-handler");
     let (addr, serve) = bank::bind(&format!("{}:{}", args.address, args.port), async {
         shutdown_signal().await;
     })

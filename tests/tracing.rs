@@ -33,6 +33,22 @@ struct ReceivedSpan {
     parent_span_id: String,
     name: String,
     attributes: HashMap<String, String>,
+    /// The attributes of the resource that exported it (`service.name`, ...).
+    resource: HashMap<String, String>,
+}
+
+fn attribute_map(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            Some((kv.key.clone(), value))
+        })
+        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -49,27 +65,17 @@ impl TraceService for Receiver {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.0.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.map(|r| attribute_map(&r.attributes)).unwrap_or_default();
+            for scope in resource_spans.scope_spans {
                 for span in scope.spans {
-                    let attributes = span
-                        .attributes
-                        .iter()
-                        .filter_map(|kv| {
-                            let value = match kv.value.as_ref()?.value.as_ref()? {
-                                Value::StringValue(s) => s.clone(),
-                                Value::IntValue(i) => i.to_string(),
-                                other => format!("{other:?}"),
-                            };
-                            Some((kv.key.clone(), value))
-                        })
-                        .collect();
                     spans.push(ReceivedSpan {
                         trace_id: hex(&span.trace_id),
                         span_id: hex(&span.span_id),
                         parent_span_id: hex(&span.parent_span_id),
                         name: span.name,
-                        attributes,
+                        attributes: attribute_map(&span.attributes),
+                        resource: resource.clone(),
                     });
                 }
             }
@@ -158,6 +164,71 @@ async fn one_trace_spans_the_receiving_node_the_owner_node_and_the_write_handler
     let (_, metadata) = calls.last().expect("the handler saw the command");
     let traceparent = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(traceparent.contains(trace_id), "HandleCommand carried traceparent {traceparent:?}");
+
+    drop(cluster);
+    handler.stop().await;
+    server.abort();
+    pg::drop_schema(&db.schema).await;
+}
+
+/// A deployment written for the Namely line: `COS_TELEMETRY_COLLECTOR_ENDPOINT` (host:port, no scheme) is where
+/// traces go, `COS_TRACE_PROPAGATORS=b3multi` how the context travels (a client's `x-b3-*` headers are the parent,
+/// and the write handler gets `x-b3-*` headers), and the resource carries `COS_SERVICE_NAME`,
+/// `COS_TELEMETRY_NAMESPACE` and `TEAM_NAME`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namely_telemetry_variables_export_with_b3_propagation() {
+    support::init_logging();
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut handler = TestHandler::start().await;
+    let db = pg::fresh_postgres_config();
+    let env = [
+        ("COS_TELEMETRY_COLLECTOR_ENDPOINT", otlp.to_string()),
+        ("COS_TRACE_PROPAGATORS", "b3multi".to_string()),
+        ("COS_SERVICE_NAME", "accounts".to_string()),
+        ("COS_TELEMETRY_NAMESPACE", "payments".to_string()),
+        ("TEAM_NAME", "core".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let cluster = Cluster::start(1, &db, handler.addr().port(), &env).await;
+    let mut client = ChiefOfStateServiceClient::connect(cluster.nodes[0].grpc_url()).await.unwrap();
+
+    let (trace_id, parent) = ("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1");
+    let id = entity("b3");
+    let mut request =
+        Request::new(ProcessCommandRequest { entity_id: id.clone(), command: Some(command("Append", "a")) });
+    for (key, value) in [("x-b3-traceid", trace_id), ("x-b3-spanid", parent), ("x-b3-sampled", "1")] {
+        request.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    client.process_command(request).await.expect("the traced command");
+
+    let spans = eventually("the trace's spans reach the receiver", Duration::from_secs(20), || {
+        let receiver = receiver.clone();
+        async move {
+            let spans: Vec<ReceivedSpan> =
+                receiver.0.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+            (spans.iter().any(|s| s.name == "process_command") && spans.iter().any(|s| s.name == "command"))
+                .then_some(spans)
+        }
+    })
+    .await;
+    let receiving = spans.iter().find(|s| s.name == "process_command").unwrap();
+    assert_eq!(receiving.parent_span_id, parent, "the client's B3 span is the parent: {receiving:?}");
+    for (key, value) in [("service.name", "accounts"), ("service.namespace", "payments"), ("team.name", "core")] {
+        assert_eq!(receiving.resource.get(key).map(String::as_str), Some(value), "{key}: {:?}", receiving.resource);
+    }
+    let calls = handler.log.commands(&id);
+    let (_, metadata) = calls.last().expect("the handler saw the command");
+    let header = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(header("x-b3-traceid"), trace_id, "HandleCommand carried B3 headers: {metadata:?}");
+    assert_eq!(header("x-b3-sampled"), "1");
+    assert!(metadata.get("traceparent").is_none(), "b3multi only: {metadata:?}");
 
     drop(cluster);
     handler.stop().await;
