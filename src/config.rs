@@ -151,18 +151,31 @@ pub struct WriteSideConfig {
     /// `REGENT_WRITE_SIDE_TLS_CA_FILE`: with `use_tls`, trust only the CA certificate(s) in this PEM file for the
     /// handler (a private CA); empty = the system's roots.
     pub tls_ca_file: String,
-    /// `COS_WRITE_SIDE_BREAKER_ENABLED`: a circuit breaker around every `HandleCommand` / `HandleEvent` call of this
-    /// node.
-    pub breaker_enabled: bool,
-    /// `COS_WRITE_SIDE_BREAKER_MAX_FAILURES`: failed calls in a row that open the circuit.
-    pub breaker_max_failures: u32,
-    /// `COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT`: a call running longer fails and counts as a failure, in milliseconds.
-    pub breaker_call_timeout_ms: u64,
-    /// `COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT`: how long the circuit stays open before one trial call, in milliseconds.
-    pub breaker_reset_timeout_ms: u64,
+    /// `COS_WRITE_SIDE_BREAKER_*`: a circuit breaker around every `HandleCommand` / `HandleEvent` call of this node.
+    pub breaker: BreakerConfig,
 }
 
-/// A circuit breaker's settings ([`WriteSideConfig::breaker`], [`ReadSideConfig::breaker`]).
+/// A circuit breaker around handler calls (`COS_WRITE_SIDE_BREAKER_*`, `COS_READ_SIDE_BREAKER_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    /// Failed calls in a row that open the circuit.
+    pub max_failures: u32,
+    /// A call running longer fails and counts as a failure, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// How long the circuit stays open before one trial call, in milliseconds.
+    pub reset_timeout_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    /// The write side's defaults (the read side's call timeout is 10 s).
+    fn default() -> Self {
+        Self { enabled: false, max_failures: 5, call_timeout_ms: 60_000, reset_timeout_ms: 60_000 }
+    }
+}
+
+/// An enabled circuit breaker's settings ([`BreakerConfig::settings`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
     pub max_failures: u32,
@@ -170,25 +183,33 @@ pub struct BreakerSettings {
     pub reset_timeout: Duration,
 }
 
-impl BreakerSettings {
-    fn when(enabled: bool, max_failures: u32, call_timeout_ms: u64, reset_timeout_ms: u64) -> Option<Self> {
-        enabled.then(|| Self {
-            max_failures,
-            call_timeout: Duration::from_millis(call_timeout_ms),
-            reset_timeout: Duration::from_millis(reset_timeout_ms),
+impl BreakerConfig {
+    /// The breaker's settings, when enabled.
+    pub fn settings(&self) -> Option<BreakerSettings> {
+        self.enabled.then(|| BreakerSettings {
+            max_failures: self.max_failures,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            reset_timeout: Duration::from_millis(self.reset_timeout_ms),
         })
     }
-}
 
-impl WriteSideConfig {
-    /// The write handler's circuit breaker, when enabled.
-    pub fn breaker(&self) -> Option<BreakerSettings> {
-        BreakerSettings::when(
-            self.breaker_enabled,
-            self.breaker_max_failures,
-            self.breaker_call_timeout_ms,
-            self.breaker_reset_timeout_ms,
-        )
+    /// CoS's bounds, checked only when the breaker is enabled (as CoS does); `section` names it in errors.
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let max = self.max_failures;
+        check((1..=100).contains(&max), &format!("{section}.breaker.max_failures"), || {
+            format!("must be between 1 and 100, got {max}")
+        })?;
+        let call = self.call_timeout_ms;
+        check((1..=300_000).contains(&call), &format!("{section}.breaker.call_timeout_ms"), || {
+            format!("must be between 1 and 300000 (5 minutes), got {call}")
+        })?;
+        let reset = self.reset_timeout_ms;
+        check((1_000..=HOUR_MS).contains(&reset), &format!("{section}.breaker.reset_timeout_ms"), || {
+            format!("must be between 1000 and {HOUR_MS} (an hour), got {reset}")
+        })
     }
 }
 
@@ -271,15 +292,9 @@ pub struct ReadSideConfig {
     /// `REGENT_READ_SIDE_TLS_CA_FILE`: for the read sides with `useTls`, trust only the CA certificate(s) in this
     /// PEM file (a private CA); empty = the system's roots.
     pub tls_ca_file: String,
-    /// `COS_READ_SIDE_BREAKER_ENABLED`: a circuit breaker per read side around its `HandleReadSide` calls on this
-    /// node (an open circuit fails the row at once, and the read side's failure policy applies).
-    pub breaker_enabled: bool,
-    /// `COS_READ_SIDE_BREAKER_MAX_FAILURES`
-    pub breaker_max_failures: u32,
-    /// `COS_READ_SIDE_BREAKER_CALL_TIMEOUT`, in milliseconds.
-    pub breaker_call_timeout_ms: u64,
-    /// `COS_READ_SIDE_BREAKER_RESET_TIMEOUT`, in milliseconds.
-    pub breaker_reset_timeout_ms: u64,
+    /// `COS_READ_SIDE_BREAKER_*`: a circuit breaker per read side around its `HandleReadSide` calls on this node
+    /// (an open circuit fails the row at once, and the read side's failure policy applies).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for ReadSideConfig {
@@ -288,23 +303,8 @@ impl Default for ReadSideConfig {
             enabled: false,
             config: String::new(),
             tls_ca_file: String::new(),
-            breaker_enabled: false,
-            breaker_max_failures: 5,
-            breaker_call_timeout_ms: 10_000,
-            breaker_reset_timeout_ms: 60_000,
+            breaker: BreakerConfig { call_timeout_ms: 10_000, ..BreakerConfig::default() },
         }
-    }
-}
-
-impl ReadSideConfig {
-    /// The read sides' circuit breaker settings, when enabled.
-    pub fn breaker(&self) -> Option<BreakerSettings> {
-        BreakerSettings::when(
-            self.breaker_enabled,
-            self.breaker_max_failures,
-            self.breaker_call_timeout_ms,
-            self.breaker_reset_timeout_ms,
-        )
     }
 }
 
@@ -545,10 +545,7 @@ impl Default for WriteSideConfig {
             calls_timeout_ms: 60_000,
             pool_size: 1,
             tls_ca_file: String::new(),
-            breaker_enabled: false,
-            breaker_max_failures: 5,
-            breaker_call_timeout_ms: 60_000,
-            breaker_reset_timeout_ms: 60_000,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -836,10 +833,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_WRITE_PERSISTED_HEADERS", &[], "write_side.persisted_headers", EnvKind::Csv),
     var("COS_GRPC_CALLS_TIMEOUT", &[], "write_side.calls_timeout_ms", EnvKind::Millis),
     var("COS_GRPC_CLIENT_POOL_SIZE", &[], "write_side.pool_size", USIZE),
-    var("COS_WRITE_SIDE_BREAKER_ENABLED", &[], "write_side.breaker_enabled", EnvKind::Bool),
-    var("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", &[], "write_side.breaker_max_failures", U32),
-    var("COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT", &[], "write_side.breaker_call_timeout_ms", EnvKind::Duration),
-    var("COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT", &[], "write_side.breaker_reset_timeout_ms", EnvKind::Duration),
+    var("COS_WRITE_SIDE_BREAKER_ENABLED", &[], "write_side.breaker.enabled", EnvKind::Bool),
+    var("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", &[], "write_side.breaker.max_failures", U32),
+    var("COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT", &[], "write_side.breaker.call_timeout_ms", EnvKind::Duration),
+    var("COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT", &[], "write_side.breaker.reset_timeout_ms", EnvKind::Duration),
     var("COS_GRPC_KEEPALIVE_ENABLED", &[], "grpc_client.keepalive_enabled", EnvKind::Bool),
     var("COS_GRPC_KEEPALIVE_TIME", &[], "grpc_client.keepalive_time_ms", EnvKind::Duration),
     var("COS_GRPC_KEEPALIVE_TIMEOUT", &[], "grpc_client.keepalive_timeout_ms", EnvKind::Duration),
@@ -855,10 +852,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_JOURNAL_LOGICAL_DELETION", &[], "snapshots.delete_events", EnvKind::Bool),
     var("COS_READ_SIDE_ENABLED", &[], "read_side.enabled", EnvKind::Bool),
     var("COS_READ_SIDE_CONFIG", &[], "read_side.config", EnvKind::Str),
-    var("COS_READ_SIDE_BREAKER_ENABLED", &[], "read_side.breaker_enabled", EnvKind::Bool),
-    var("COS_READ_SIDE_BREAKER_MAX_FAILURES", &[], "read_side.breaker_max_failures", U32),
-    var("COS_READ_SIDE_BREAKER_CALL_TIMEOUT", &[], "read_side.breaker_call_timeout_ms", EnvKind::Duration),
-    var("COS_READ_SIDE_BREAKER_RESET_TIMEOUT", &[], "read_side.breaker_reset_timeout_ms", EnvKind::Duration),
+    var("COS_READ_SIDE_BREAKER_ENABLED", &[], "read_side.breaker.enabled", EnvKind::Bool),
+    var("COS_READ_SIDE_BREAKER_MAX_FAILURES", &[], "read_side.breaker.max_failures", U32),
+    var("COS_READ_SIDE_BREAKER_CALL_TIMEOUT", &[], "read_side.breaker.call_timeout_ms", EnvKind::Duration),
+    var("COS_READ_SIDE_BREAKER_RESET_TIMEOUT", &[], "read_side.breaker.reset_timeout_ms", EnvKind::Duration),
     var("REGENT_READ_SIDE_TLS_CA_FILE", &[], "read_side.tls_ca_file", EnvKind::Str),
     var("COS_SUBSCRIPTION_ENABLED", &[], "subscriptions.enabled", EnvKind::Bool),
     var("REGENT_SUBSCRIPTION_BUFFER", &[], "subscriptions.buffer", USIZE),
@@ -960,22 +957,6 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
         },
     };
     Ok(Some(value))
-}
-
-/// CoS's bounds of an enabled circuit breaker; `section` is `write_side` or `read_side`.
-fn validate_breaker(section: &str, breaker: &BreakerSettings) -> Result<(), ConfigError> {
-    let max = breaker.max_failures;
-    check((1..=100).contains(&max), &format!("{section}.breaker_max_failures"), || {
-        format!("must be between 1 and 100, got {max}")
-    })?;
-    let call = breaker.call_timeout.as_millis();
-    check((1..=300_000).contains(&call), &format!("{section}.breaker_call_timeout_ms"), || {
-        format!("must be between 1 and 300000 (5 minutes), got {call}")
-    })?;
-    let reset = breaker.reset_timeout.as_millis();
-    check((1_000..=u128::from(HOUR_MS)).contains(&reset), &format!("{section}.breaker_reset_timeout_ms"), || {
-        format!("must be between 1000 and {HOUR_MS} (an hour), got {reset}")
-    })
 }
 
 /// A HOCON duration (`<number> [unit]`; no unit = milliseconds) in whole milliseconds.
@@ -1205,12 +1186,8 @@ impl Config {
         let ws = &self.write_side;
         check(ws.calls_timeout_ms >= 1, "write_side.calls_timeout_ms", || "must be at least 1".into())?;
         check(ws.pool_size >= 1, "write_side.pool_size", || "must be at least 1".into())?;
-        // As CoS: a breaker's settings are checked only when it is enabled.
-        for (section, breaker) in [("write_side", ws.breaker()), ("read_side", self.read_side.breaker())] {
-            if let Some(breaker) = breaker {
-                validate_breaker(section, &breaker)?;
-            }
-        }
+        ws.breaker.validate("write_side")?;
+        self.read_side.breaker.validate("read_side")?;
         let grpc = &self.grpc_client;
         for (key, ms) in [
             ("grpc_client.keepalive_time_ms", grpc.keepalive_time_ms),
@@ -1773,7 +1750,10 @@ mod tests {
 
     #[test]
     fn breaker_variables_and_their_bounds_when_enabled() {
-        assert_eq!((Config::default().write_side.breaker(), Config::default().read_side.breaker()), (None, None));
+        assert_eq!(
+            (Config::default().write_side.breaker.settings(), Config::default().read_side.breaker.settings()),
+            (None, None)
+        );
         let config = load(
             None,
             &[
@@ -1785,12 +1765,12 @@ mod tests {
             ],
         )
         .unwrap();
-        let write = config.write_side.breaker().expect("enabled");
+        let write = config.write_side.breaker.settings().expect("enabled");
         assert_eq!(
             (write.max_failures, write.call_timeout, write.reset_timeout),
             (3, Duration::from_secs(30), Duration::from_secs(120))
         );
-        let read = config.read_side.breaker().expect("enabled");
+        let read = config.read_side.breaker.settings().expect("enabled");
         assert_eq!(
             (read.max_failures, read.call_timeout, read.reset_timeout),
             (5, Duration::from_secs(10), Duration::from_secs(60)),
@@ -1799,16 +1779,16 @@ mod tests {
         // Out-of-range settings are refused only when the breaker is on, as in CoS.
         assert!(load(None, &[("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", "0")]).is_ok());
         for (var, value, key) in [
-            ("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", "101", "write_side.breaker_max_failures"),
-            ("COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT", "6m", "write_side.breaker_call_timeout_ms"),
-            ("COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT", "500ms", "write_side.breaker_reset_timeout_ms"),
+            ("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", "101", "write_side.breaker.max_failures"),
+            ("COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT", "6m", "write_side.breaker.call_timeout_ms"),
+            ("COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT", "500ms", "write_side.breaker.reset_timeout_ms"),
         ] {
             let err = load(None, &[("COS_WRITE_SIDE_BREAKER_ENABLED", "true"), (var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(&format!("{key} ({var})")), "{var}={value}: {err}");
         }
         let err = load(None, &[("COS_READ_SIDE_BREAKER_ENABLED", "true"), ("COS_READ_SIDE_BREAKER_MAX_FAILURES", "0")])
             .unwrap_err();
-        assert!(err.to_string().starts_with("read_side.breaker_max_failures"), "{err}");
+        assert!(err.to_string().starts_with("read_side.breaker.max_failures"), "{err}");
     }
 
     #[test]

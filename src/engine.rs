@@ -69,7 +69,7 @@ impl Engine {
             let args =
                 SupervisorArgs::new(read_sides, num_shards, store.clone(), journal_signals.clone(), cluster.is_some())
                     .with_keepalive(config.grpc_client.keepalive())
-                    .with_breaker(config.read_side.breaker());
+                    .with_breaker(config.read_side.breaker.settings());
             let (supervisor, _) = Actor::spawn(None, ReadSideSupervisor, args).await?;
             let manager = ReadSideManager::new(supervisor.clone(), store.clone(), num_shards, ids);
             (Some(supervisor), Some(manager))

@@ -110,7 +110,7 @@ impl Node {
             config.server.max_message_bytes,
             config.grpc_client.keepalive(),
         )?
-        .with_breaker(config.write_side.breaker());
+        .with_breaker(config.write_side.breaker.settings());
         if let Some(cluster) = &cluster {
             handler = handler.identified_as(&cluster.member().node);
         } else if !config.cluster.node_name.is_empty() {

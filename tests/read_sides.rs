@@ -710,9 +710,9 @@ async fn read_side_breaker_fails_rows_fast_while_open_and_closes_after_a_trial()
         1,
         |port| vec![ReadSideSpec::new("rs", port).policy("SKIP")],
         |c| {
-            c.read_side.breaker_enabled = true;
-            c.read_side.breaker_max_failures = 2;
-            c.read_side.breaker_reset_timeout_ms = 1_000;
+            c.read_side.breaker.enabled = true;
+            c.read_side.breaker.max_failures = 2;
+            c.read_side.breaker.reset_timeout_ms = 1_000;
         },
     )
     .await;

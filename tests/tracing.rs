@@ -58,6 +58,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl Receiver {
+    /// Serves OTLP on a free loopback port: the receiver, its address, and its task (abort it at the end).
+    async fn start() -> (Receiver, std::net::SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (receiver, otlp, server)
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
@@ -87,14 +102,7 @@ impl TraceService for Receiver {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_the_receiving_node_the_owner_node_and_the_write_handler() {
     support::init_logging();
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let (receiver, otlp, server) = Receiver::start().await;
 
     let mut handler = TestHandler::start().await;
     let db = pg::fresh_postgres_config();
@@ -178,14 +186,7 @@ async fn one_trace_spans_the_receiving_node_the_owner_node_and_the_write_handler
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namely_telemetry_variables_export_with_b3_propagation() {
     support::init_logging();
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let (receiver, otlp, server) = Receiver::start().await;
     let mut handler = TestHandler::start().await;
     let db = pg::fresh_postgres_config();
     let env = [

@@ -552,9 +552,9 @@ async fn keepalive_closes_a_silent_handler_connection_and_the_next_call_reconnec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_side_breaker_opens_fails_fast_and_closes_after_a_trial() {
     let t = TestNode::start(|c| {
-        c.write_side.breaker_enabled = true;
-        c.write_side.breaker_max_failures = 2;
-        c.write_side.breaker_reset_timeout_ms = 1_000;
+        c.write_side.breaker.enabled = true;
+        c.write_side.breaker.max_failures = 2;
+        c.write_side.breaker.reset_timeout_ms = 1_000;
     })
     .await;
     let id = entity("breaker");
