@@ -72,6 +72,30 @@ pub struct ServerConfig {
     /// `CANCELLED` after this); 0 = 60 s, or `entities.command_handler_timeout_secs` + 5 s when longer
     /// (`REGENT_REQUEST_TIMEOUT_MS`).
     pub request_timeout_ms: u64,
+    /// `COS_SERVER_PROTOCOL`: `grpc`, or `http` / `both` to serve CoS's HTTP/JSON API too (on `http_address` and
+    /// `http_port`); the gRPC port is served in every case.
+    pub protocol: ServerProtocol,
+    /// `COS_HTTP_ADDRESS`: where the HTTP/JSON API listens.
+    pub http_address: String,
+    /// `COS_HTTP_PORT` (0 = pick a free port).
+    pub http_port: u16,
+}
+
+/// What the client-facing port speaks (`COS_SERVER_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerProtocol {
+    #[default]
+    Grpc,
+    Http,
+    Both,
+}
+
+impl ServerProtocol {
+    /// Whether the HTTP/JSON API is served.
+    pub fn serves_http(self) -> bool {
+        self != Self::Grpc
+    }
 }
 
 /// Logging.
@@ -498,6 +522,9 @@ impl Default for ServerConfig {
             http2_keepalive_interval_ms: 30_000,
             http2_keepalive_timeout_ms: 20_000,
             request_timeout_ms: 0,
+            protocol: ServerProtocol::Grpc,
+            http_address: "0.0.0.0".into(),
+            http_port: 9001,
         }
     }
 }
@@ -741,6 +768,8 @@ enum EnvKind {
     LogStyle,
     /// `sqlite` / `postgres`, case-insensitive.
     Backend,
+    /// `grpc` / `http` / `both`, case-insensitive.
+    Protocol,
     /// A port where CoS's "unset" spelling `-1` means 0 (not configured).
     WriteSidePort,
 }
@@ -783,6 +812,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("REGENT_HTTP2_KEEPALIVE_INTERVAL_MS", &[], "server.http2_keepalive_interval_ms", EnvKind::Millis),
     var("REGENT_HTTP2_KEEPALIVE_TIMEOUT_MS", &[], "server.http2_keepalive_timeout_ms", EnvKind::Millis),
     var("REGENT_REQUEST_TIMEOUT_MS", &[], "server.request_timeout_ms", EnvKind::Millis),
+    var("COS_SERVER_PROTOCOL", &[], "server.protocol", EnvKind::Protocol),
+    var("COS_HTTP_ADDRESS", &[], "server.http_address", EnvKind::Str),
+    var("COS_HTTP_PORT", &[], "server.http_port", U16),
     var("LOG_LEVEL", &[], "log.level", EnvKind::Str),
     var("LOG_STYLE", &[], "log.style", EnvKind::LogStyle),
     var("REGENT_STORE_BACKEND", &[], "store.backend", EnvKind::Backend),
@@ -901,8 +933,9 @@ pub const ENV_VARS: &[EnvVar] = &[
 pub const IGNORED_ENV_VARS: &[&str] =
     &["COS_DB_CREATE_TABLES", "COS_DB_DB", "COS_EVENTS_BATCH_THRESHOLD", "COS_STORES_AUTO_CREATE"];
 
-/// CoS's protocol choices (`grpc`, `http`, `both`): Regent speaks gRPC only, so any other value is refused.
-pub const PROTOCOL_ENV_VARS: &[&str] = &["COS_SERVER_PROTOCOL", "COS_WRITE_SIDE_PROTOCOL"];
+/// CoS's write-handler protocol (`grpc`, `http`): Regent calls handlers over gRPC only, so any other value is
+/// refused.
+pub const PROTOCOL_ENV_VARS: &[&str] = &["COS_WRITE_SIDE_PROTOCOL"];
 
 /// Keys that can only be set in the TOML file (or on the command line); every other key has an entry in
 /// [`ENV_VARS`].
@@ -950,6 +983,10 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
         EnvKind::LogStyle => match text.to_ascii_uppercase().as_str() {
             style @ ("STANDARD" | "SIMPLE" | "JSON") => Value::from(style),
             _ => return Err(err(format!("expected STANDARD, SIMPLE or JSON, got {raw:?}"))),
+        },
+        EnvKind::Protocol => match text.to_ascii_lowercase().as_str() {
+            protocol @ ("grpc" | "http" | "both") => Value::from(protocol),
+            _ => return Err(err(format!("expected grpc, http or both, got {raw:?}"))),
         },
         EnvKind::Backend => match text.to_ascii_lowercase().as_str() {
             backend @ ("sqlite" | "postgres") => Value::from(backend),
@@ -1019,15 +1056,15 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>, file_sets_backend: bool) -> R
             insert(&mut dict, var.key, value);
         }
     }
-    // CoS's HTTP/JSON mode (fork HEAD) is not served yet: a deployment that asks for it is stopped, never given a
-    // gRPC port it did not expect.
+    // A write handler over HTTP/JSON (fork HEAD) is not supported yet: a deployment that asks for it is stopped,
+    // never sent gRPC calls its handler does not expect.
     for var in PROTOCOL_ENV_VARS {
         if let Some(raw) = env(var).filter(|v| !v.trim().is_empty())
             && !raw.trim().eq_ignore_ascii_case("grpc")
         {
             return Err(ConfigError::Env {
                 var: (*var).into(),
-                message: format!("only grpc is supported (CoS's HTTP/JSON mode is not, yet), got {raw:?}"),
+                message: format!("only grpc is supported (CoS's HTTP/JSON write handlers are not, yet), got {raw:?}"),
             });
         }
     }
@@ -1738,14 +1775,17 @@ mod tests {
     }
 
     #[test]
-    fn protocols_other_than_grpc_are_refused_by_name() {
-        for var in PROTOCOL_ENV_VARS {
-            assert!(load(None, &[(var, "GRPC")]).is_ok(), "{var}");
-            for value in ["http", "both"] {
-                let err = load(None, &[(var, value)]).unwrap_err();
-                assert!(err.to_string().starts_with(&format!("{var}: only grpc is supported")), "{err}");
-            }
+    fn protocols() {
+        for value in ["http", "both"] {
+            let err = load(None, &[("COS_WRITE_SIDE_PROTOCOL", value)]).unwrap_err();
+            assert!(err.to_string().starts_with("COS_WRITE_SIDE_PROTOCOL: only grpc is supported"), "{err}");
         }
+        assert!(load(None, &[("COS_WRITE_SIDE_PROTOCOL", "GRPC")]).is_ok());
+        let config = load(None, &[("COS_SERVER_PROTOCOL", "Both"), ("COS_HTTP_PORT", "8080")]).unwrap();
+        assert_eq!((config.server.protocol, config.server.http_port), (ServerProtocol::Both, 8080));
+        assert!(config.server.protocol.serves_http() && !ServerProtocol::Grpc.serves_http());
+        let err = load(None, &[("COS_SERVER_PROTOCOL", "soap")]).unwrap_err();
+        assert!(err.to_string().starts_with("COS_SERVER_PROTOCOL: expected grpc, http or both"), "{err}");
     }
 
     #[test]

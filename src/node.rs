@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::admin::{ActorRoots, AdminContext, AdminServer, Readiness, SingleNode};
+use crate::admin::{ActorRoots, AdminContext, AdminServer, HttpServer, Readiness, SingleNode};
 use crate::cluster::runtime::{ClusterRuntime, Membership};
 use crate::cluster::status::ClusterStatusSource;
 use crate::config::read_sides::{self, ReadSideSettings};
@@ -80,6 +80,8 @@ pub struct Node {
     /// What the admin endpoint's `/ready` answers.
     readiness: watch::Sender<Readiness>,
     admin: Option<AdminServer>,
+    /// CoS's HTTP/JSON API, when `server.protocol` is `http` or `both`.
+    http: Option<HttpServer>,
     /// How long requests in flight get to finish once the node stops serving: a request waits at most
     /// `COS_COMMAND_HANDLER_TIMEOUT` for its entity, plus [`DRAIN_MARGIN`].
     drain_timeout: Duration,
@@ -126,6 +128,14 @@ impl Node {
 
         let service = ChiefOfState::new(engine.handle(), Arc::new(config.write_side.clone()), engine.subscriptions());
         let max = config.server.max_message_bytes;
+        let http = if config.server.protocol.serves_http() {
+            let addr = format!("{}:{}", config.server.http_address, config.server.http_port);
+            let router = crate::grpc::http::router(service.clone(), max);
+            let served = HttpServer::serve_router(&addr, router, "HTTP/JSON API").await;
+            Some(served.map_err(|source| Error::Bind { addr, source })?)
+        } else {
+            None
+        };
         let cos = ChiefOfStateServiceServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<ChiefOfStateServiceServer<ChiefOfState>>().await;
@@ -174,12 +184,17 @@ impl Node {
         };
         info!(address = %local_addr, tls, store = ?config.store.backend, write_handler = %endpoint, "regent node started");
         let drain_timeout = Duration::from_secs(config.entities.command_handler_timeout_secs) + DRAIN_MARGIN;
-        Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin, drain_timeout })
+        Ok(Node { local_addr, engine, cluster, stop_serving, server, readiness, admin, http, drain_timeout })
     }
 
     /// The address gRPC is served on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the HTTP/JSON API, when `server.protocol` is `http` or `both`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// The address the admin endpoint is served on, when `admin.enabled`.
@@ -230,6 +245,9 @@ impl Node {
     async fn stop_fenced(mut self) {
         tracing::error!("this member was fenced or downed: stopping without serving anything more");
         let _ = self.stop_serving.send(());
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
         self.engine.close_subscriptions();
         if let Some(cluster) = self.cluster.take() {
             cluster.abandon().await;
@@ -246,6 +264,9 @@ impl Node {
         info!("regent node shutting down");
         self.readiness.send_replace(Readiness::not_ready("shutting down"));
         let _ = self.stop_serving.send(());
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
         // Open subscription streams would keep the server from finishing.
         self.engine.close_subscriptions();
         // The graceful drain waits for every connection to close, which a client that does not answer the

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::cluster::status::{ClusterStatus, ClusterStatusSource, MemberStatusView};
 
-pub use server::AdminServer;
+pub use server::{AdminServer, HttpServer};
 
 /// What the admin endpoint serves from.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! The admin endpoint's HTTP server (axum): [`serve`] runs it on a listener until a shutdown future completes,
-//! [`AdminServer`] is the handle a node keeps.
+//! [`AdminServer`] is the handle a node keeps ([`HttpServer`], which also serves CoS's HTTP/JSON API).
 
 use std::future::Future;
 use std::io;
@@ -23,27 +23,39 @@ use super::AdminContext;
 use super::actors::{self, DEFAULT_MAX_ENTITIES};
 use crate::metrics::ReadSideView;
 
-/// How long [`AdminServer::shutdown`] waits for requests in flight.
+/// How long [`HttpServer::shutdown`] waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running admin endpoint.
-pub struct AdminServer {
+/// A running axum router on its own port.
+pub struct HttpServer {
     local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
 }
 
-impl AdminServer {
+/// A running admin endpoint.
+pub type AdminServer = HttpServer;
+
+impl HttpServer {
     /// Binds `addr` (`host:port`, port 0 picks one) and serves the admin endpoint on it.
     pub async fn start(addr: &str, ctx: AdminContext) -> io::Result<AdminServer> {
+        Self::serve_router(addr, router(ctx), "admin endpoint").await
+    }
+
+    /// Binds `addr` and serves `router` on it; `what` names it in logs.
+    pub async fn serve_router(addr: &str, router: Router, what: &'static str) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, ctx, async {
-            let _ = stopped.await;
-        }));
-        info!(address = %local_addr, "admin endpoint started");
-        Ok(AdminServer { local_addr, stop, server })
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        info!(address = %local_addr, "{what} started");
+        Ok(HttpServer { local_addr, stop, server })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -56,10 +68,10 @@ impl AdminServer {
         let mut server = self.server;
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!(error = %e, "admin endpoint failed"),
-            Ok(Err(e)) => warn!(error = %e, "admin endpoint task failed"),
+            Ok(Ok(Err(e))) => warn!(error = %e, address = %self.local_addr, "HTTP server failed"),
+            Ok(Err(e)) => warn!(error = %e, address = %self.local_addr, "HTTP server task failed"),
             Err(_) => {
-                warn!("admin endpoint still busy after {DRAIN_TIMEOUT:?}: closing its connections");
+                warn!(address = %self.local_addr, "HTTP server still busy after {DRAIN_TIMEOUT:?}: closing its connections");
                 server.abort();
             }
         }

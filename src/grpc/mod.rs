@@ -6,6 +6,7 @@ pub mod connection;
 pub mod error;
 pub mod h2_channel;
 pub mod headers;
+pub mod http;
 pub mod manager;
 pub mod service;
 pub mod write_handler;
