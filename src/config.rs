@@ -177,6 +177,18 @@ pub struct WriteSideConfig {
     pub tls_ca_file: String,
     /// `COS_WRITE_SIDE_BREAKER_*`: a circuit breaker around every `HandleCommand` / `HandleEvent` call of this node.
     pub breaker: BreakerConfig,
+    /// `COS_WRITE_SIDE_PROTOCOL`: how the handler is called, gRPC or CoS's HTTP/JSON (`POST
+    /// {base}/v1/writeside/handleCommand` and `.../handleEvent`).
+    pub protocol: HandlerProtocol,
+}
+
+/// How a handler is called (`COS_WRITE_SIDE_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerProtocol {
+    #[default]
+    Grpc,
+    Http,
 }
 
 /// A circuit breaker around handler calls (`COS_WRITE_SIDE_BREAKER_*`, `COS_READ_SIDE_BREAKER_*`).
@@ -573,6 +585,7 @@ impl Default for WriteSideConfig {
             pool_size: 1,
             tls_ca_file: String::new(),
             breaker: BreakerConfig::default(),
+            protocol: HandlerProtocol::Grpc,
         }
     }
 }
@@ -770,6 +783,8 @@ enum EnvKind {
     Backend,
     /// `grpc` / `http` / `both`, case-insensitive.
     Protocol,
+    /// `grpc` / `http`, case-insensitive (CoS rejects `both` for a handler).
+    HandlerProtocol,
     /// A port where CoS's "unset" spelling `-1` means 0 (not configured).
     WriteSidePort,
 }
@@ -865,6 +880,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("COS_WRITE_PERSISTED_HEADERS", &[], "write_side.persisted_headers", EnvKind::Csv),
     var("COS_GRPC_CALLS_TIMEOUT", &[], "write_side.calls_timeout_ms", EnvKind::Millis),
     var("COS_GRPC_CLIENT_POOL_SIZE", &[], "write_side.pool_size", USIZE),
+    var("COS_WRITE_SIDE_PROTOCOL", &[], "write_side.protocol", EnvKind::HandlerProtocol),
     var("COS_WRITE_SIDE_BREAKER_ENABLED", &[], "write_side.breaker.enabled", EnvKind::Bool),
     var("COS_WRITE_SIDE_BREAKER_MAX_FAILURES", &[], "write_side.breaker.max_failures", U32),
     var("COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT", &[], "write_side.breaker.call_timeout_ms", EnvKind::Duration),
@@ -933,10 +949,6 @@ pub const ENV_VARS: &[EnvVar] = &[
 pub const IGNORED_ENV_VARS: &[&str] =
     &["COS_DB_CREATE_TABLES", "COS_DB_DB", "COS_EVENTS_BATCH_THRESHOLD", "COS_STORES_AUTO_CREATE"];
 
-/// CoS's write-handler protocol (`grpc`, `http`): Regent calls handlers over gRPC only, so any other value is
-/// refused.
-pub const PROTOCOL_ENV_VARS: &[&str] = &["COS_WRITE_SIDE_PROTOCOL"];
-
 /// Keys that can only be set in the TOML file (or on the command line); every other key has an entry in
 /// [`ENV_VARS`].
 pub const TOML_ONLY_KEYS: &[&str] = &["cluster.phi_threshold", "cluster.rebalance_relative_limit"];
@@ -987,6 +999,10 @@ fn parse_env_value(var: &str, kind: EnvKind, raw: &str) -> Result<Option<Value>,
         EnvKind::Protocol => match text.to_ascii_lowercase().as_str() {
             protocol @ ("grpc" | "http" | "both") => Value::from(protocol),
             _ => return Err(err(format!("expected grpc, http or both, got {raw:?}"))),
+        },
+        EnvKind::HandlerProtocol => match text.to_ascii_lowercase().as_str() {
+            protocol @ ("grpc" | "http") => Value::from(protocol),
+            _ => return Err(err(format!("expected grpc or http, got {raw:?}"))),
         },
         EnvKind::Backend => match text.to_ascii_lowercase().as_str() {
             backend @ ("sqlite" | "postgres") => Value::from(backend),
@@ -1054,18 +1070,6 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>, file_sets_backend: bool) -> R
         }
         if let Some(value) = chosen {
             insert(&mut dict, var.key, value);
-        }
-    }
-    // A write handler over HTTP/JSON (fork HEAD) is not supported yet: a deployment that asks for it is stopped,
-    // never sent gRPC calls its handler does not expect.
-    for var in PROTOCOL_ENV_VARS {
-        if let Some(raw) = env(var).filter(|v| !v.trim().is_empty())
-            && !raw.trim().eq_ignore_ascii_case("grpc")
-        {
-            return Err(ConfigError::Env {
-                var: (*var).into(),
-                message: format!("only grpc is supported (CoS's HTTP/JSON write handlers are not, yet), got {raw:?}"),
-            });
         }
     }
     // A CoS deployment pointed at Regent keeps its PostgreSQL: COS_DB_HOST alone selects the backend, unless the
@@ -1776,11 +1780,10 @@ mod tests {
 
     #[test]
     fn protocols() {
-        for value in ["http", "both"] {
-            let err = load(None, &[("COS_WRITE_SIDE_PROTOCOL", value)]).unwrap_err();
-            assert!(err.to_string().starts_with("COS_WRITE_SIDE_PROTOCOL: only grpc is supported"), "{err}");
-        }
-        assert!(load(None, &[("COS_WRITE_SIDE_PROTOCOL", "GRPC")]).is_ok());
+        let config = load(None, &[("COS_WRITE_SIDE_PROTOCOL", "HTTP")]).unwrap();
+        assert_eq!(config.write_side.protocol, HandlerProtocol::Http);
+        let err = load(None, &[("COS_WRITE_SIDE_PROTOCOL", "both")]).unwrap_err();
+        assert!(err.to_string().starts_with("COS_WRITE_SIDE_PROTOCOL: expected grpc or http"), "{err}");
         let config = load(None, &[("COS_SERVER_PROTOCOL", "Both"), ("COS_HTTP_PORT", "8080")]).unwrap();
         assert_eq!((config.server.protocol, config.server.http_port), (ServerProtocol::Both, 8080));
         assert!(config.server.protocol.serves_http() && !ServerProtocol::Grpc.serves_http());
@@ -1927,9 +1930,6 @@ mod tests {
             for name in std::iter::once(&var.name).chain(var.aliases) {
                 assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
             }
-        }
-        for name in PROTOCOL_ENV_VARS {
-            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");
         }
         for name in IGNORED_ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/configuration.md");

@@ -16,7 +16,7 @@ use crate::admin::{ActorRoots, AdminContext, AdminServer, HttpServer, Readiness,
 use crate::cluster::runtime::{ClusterRuntime, Membership};
 use crate::cluster::status::ClusterStatusSource;
 use crate::config::read_sides::{self, ReadSideSettings};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HandlerProtocol};
 use crate::engine::Engine;
 use crate::grpc::connection::with_handshake_deadline;
 use crate::grpc::{ChiefOfState, WriteHandler};
@@ -104,15 +104,21 @@ impl Node {
         // TLS files are read before anything starts, so that a bad one stops the node at once.
         let server_tls = crate::tls::server_tls(&config.server)?;
         let cluster = if config.cluster.enabled { Some(ClusterRuntime::join(&config).await?) } else { None };
-        let mut handler = WriteHandler::connect_lazy(
-            &endpoint,
-            &config.write_side.tls_ca_file,
-            config.write_side.pool_size,
-            Duration::from_millis(config.write_side.calls_timeout_ms),
-            config.server.max_message_bytes,
-            config.grpc_client.keepalive(),
-        )?
-        .with_breaker(config.write_side.breaker.settings());
+        let calls_timeout = Duration::from_millis(config.write_side.calls_timeout_ms);
+        let handler = match config.write_side.protocol {
+            HandlerProtocol::Grpc => WriteHandler::connect_lazy(
+                &endpoint,
+                &config.write_side.tls_ca_file,
+                config.write_side.pool_size,
+                calls_timeout,
+                config.server.max_message_bytes,
+                config.grpc_client.keepalive(),
+            )?,
+            HandlerProtocol::Http => {
+                WriteHandler::connect_http(&endpoint, &config.write_side.tls_ca_file, calls_timeout)?
+            }
+        };
+        let mut handler = handler.with_breaker(config.write_side.breaker.settings());
         if let Some(cluster) = &cluster {
             handler = handler.identified_as(&cluster.member().node);
         } else if !config.cluster.node_name.is_empty() {

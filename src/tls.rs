@@ -130,8 +130,13 @@ pub fn handler_endpoint(url: &str, ca_key: &'static str, ca_file: &str) -> Resul
 
 /// The TLS connector for a write handler at `url` when it is `https://` (`None` for `http://`): the handler's
 /// certificate must be signed by a CA of `ca_file` or, when it is empty, by one of the system's roots, as with
-/// [`handler_endpoint`]; ALPN offers `h2`.
-pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Result<Option<TlsConnector>, Error> {
+/// [`handler_endpoint`]; ALPN offers `alpn` (`h2` for gRPC, `http/1.1` for CoS's HTTP/JSON handlers).
+pub fn handler_connector(
+    url: &str,
+    ca_key: &'static str,
+    ca_file: &str,
+    alpn: &[u8],
+) -> Result<Option<TlsConnector>, Error> {
     if !url.starts_with("https://") {
         return Ok(None);
     }
@@ -154,7 +159,7 @@ pub fn handler_connector(url: &str, ca_key: &'static str, ca_file: &str) -> Resu
         .map_err(|e| Error::Config { key: ca_key, message: e.to_string() })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 

@@ -8,6 +8,7 @@ mod common;
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -109,5 +110,110 @@ async fn failures_are_cos_status_codes_and_messages() {
         assert!(reply["error"].is_string(), "{bad}: {reply}");
     }
     assert!(t.journal(&id).await.is_empty(), "nothing was persisted");
+    t.shutdown().await;
+}
+
+/// A write handler speaking CoS's HTTP/JSON: the list model of `support::handler` (`test.Append` appends its
+/// value), `test.Fail` answers 400; it records the headers of every handleCommand.
+async fn http_handler() -> (SocketAddr, Arc<Mutex<Vec<axum::http::HeaderMap>>>) {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+
+    type Seen = Arc<Mutex<Vec<HeaderMap>>>;
+    async fn handle_command(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        seen.lock().unwrap().push(headers);
+        let command = any_at(&body, "command");
+        match command.type_url.rsplit('.').next() {
+            Some("Append") => {
+                let event = support::handler::appended(std::str::from_utf8(&command.value).unwrap());
+                Json(json!({ "events": [base64_any(&event)] })).into_response()
+            }
+            _ => (hyper::StatusCode::BAD_REQUEST, "no such command").into_response(),
+        }
+    }
+    async fn handle_event(Json(body): Json<Value>) -> Json<Value> {
+        let event = any_at(&body, "event");
+        let mut items: Vec<String> = match body.get("prior_state") {
+            Some(_) => String::from_utf8(any_at(&body, "prior_state").value)
+                .unwrap()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            None => Vec::new(),
+        };
+        items.push(String::from_utf8(event.value).unwrap());
+        let items: Vec<&str> = items.iter().map(String::as_str).collect();
+        Json(json!({ "resulting_state": base64_any(&list(&items)) }))
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/writeside/handleCommand", post(handle_command))
+        .route("/v1/writeside/handleEvent", post(handle_event))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// COS_WRITE_SIDE_PROTOCOL=http: commands go to a handler speaking CoS's HTTP/JSON, with the propagated headers as
+/// HTTP headers; its non-200 answers are `INTERNAL` with CoS's message, and a handler that is gone `UNAVAILABLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_handler_over_http() {
+    let (handler, seen) = http_handler().await;
+    let t = TestNode::start(|c| {
+        c.write_side.protocol = regent::config::HandlerProtocol::Http;
+        c.write_side.port = handler.port();
+        c.write_side.propagated_headers = vec!["x-user".into()];
+    })
+    .await;
+    let id = entity("http-handler");
+    for item in ["a", "b"] {
+        let mut request = tonic::Request::new(regent::proto::chief_of_state::v1::ProcessCommandRequest {
+            entity_id: id.clone(),
+            command: Some(command("Append", item)),
+        });
+        request.metadata_mut().insert("x-user", "alice".parse().unwrap());
+        t.process_request(request).await.expect("through the HTTP handler");
+    }
+    let state = t.get(&id).await.unwrap();
+    assert_eq!(state.state, Some(list(&["a", "b"])));
+    assert_eq!(state.meta.map(|m| m.revision_number), Some(2));
+    let headers = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(headers.get("x-user").and_then(|v| v.to_str().ok()), Some("alice"), "{headers:?}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "one connection reused or not, one call per command");
+
+    let status = t.process(&id, command("Fail", "3:no")).await.expect_err("a 400");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("HTTP command handler request failed with status 400 Bad Request: no such command"),
+        "{status:?}"
+    );
+    assert_eq!(t.journal_revisions(&id).await, vec![1, 2]);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_write_handler_that_is_not_there_is_unavailable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let t = TestNode::start(|c| {
+        c.write_side.protocol = regent::config::HandlerProtocol::Http;
+        c.write_side.port = closed;
+    })
+    .await;
+    let id = entity("http-gone");
+    let status = t.process(&id, command("Append", "a")).await.expect_err("nobody listens");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(t.journal(&id).await.is_empty());
     t.shutdown().await;
 }

@@ -79,7 +79,44 @@ impl Target {
         self.keepalive = keepalive;
         self
     }
+
+    /// `host:port`, as a `Host` header names the target.
+    pub fn authority(&self) -> String {
+        self.origin.authority().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Opens a TCP connection (and the TLS session, with `https`) within the connect timeout; a failure is
+    /// `UNAVAILABLE`.
+    pub async fn connect_stream(&self) -> Result<Pin<Box<dyn Stream>>, Status> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("write handler at {} is unreachable: {e}", self.origin))
+        };
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| unreachable(&e))?;
+            tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
+            match &self.tls {
+                None => Ok(Box::pin(tcp) as Pin<Box<dyn Stream>>),
+                Some(tls) => {
+                    let io =
+                        tls.connect(crate::tls::server_name_of(&self.host), tcp).await.map_err(|e| unreachable(&e))?;
+                    Ok(Box::pin(io) as Pin<Box<dyn Stream>>)
+                }
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| {
+            Status::unavailable(format!(
+                "write handler at {} did not accept a connection within {} ms",
+                self.origin,
+                self.connect_timeout.as_millis()
+            ))
+        })?
+    }
 }
+
+/// A connection to a handler, plain or TLS.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Stream for T {}
 
 /// A tower service sending tonic's requests over one lazily opened HTTP/2 connection; cheap to clone.
 #[derive(Clone, Debug)]
@@ -169,14 +206,7 @@ impl Shared {
         if let Some(sender) = &connection.sender {
             return Ok((connection.generation, sender.clone()));
         }
-        let (sender, mut driver) =
-            tokio::time::timeout(self.target.connect_timeout, self.connect()).await.map_err(|_| {
-                Status::unavailable(format!(
-                    "write handler at {} did not accept a connection within {} ms",
-                    self.target.origin,
-                    self.target.connect_timeout.as_millis()
-                ))
-            })??;
+        let (sender, mut driver) = self.connect().await?;
         connection.generation += 1;
         connection.sender = Some(sender.clone());
         let generation = connection.generation;
@@ -208,28 +238,15 @@ impl Shared {
     }
 
     async fn connect(&self) -> Result<(h2::client::SendRequest<Bytes>, Driver), Status> {
-        let target = &self.target;
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("write handler at {} is unreachable: {e}", target.origin))
-        };
-        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| unreachable(&e))?;
-        tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
+        let io = self.target.connect_stream().await?;
         let mut builder = h2::client::Builder::new();
         builder.initial_window_size(STREAM_WINDOW).initial_connection_window_size(CONNECTION_WINDOW);
-        match &target.tls {
-            None => {
-                let (sender, mut connection) = builder.handshake(tcp).await.map_err(|e| unreachable(&e))?;
-                let ping_pong = connection.ping_pong();
-                Ok((sender, Driver { connection: Box::pin(connection), ping_pong }))
-            }
-            Some(tls) => {
-                let name = crate::tls::server_name_of(&target.host);
-                let io = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
-                let (sender, mut connection) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
-                let ping_pong = connection.ping_pong();
-                Ok((sender, Driver { connection: Box::pin(connection), ping_pong }))
-            }
-        }
+        let (sender, mut connection) = builder
+            .handshake(io)
+            .await
+            .map_err(|e| Status::unavailable(format!("write handler at {} is unreachable: {e}", self.target.origin)))?;
+        let ping_pong = connection.ping_pong();
+        Ok((sender, Driver { connection: Box::pin(connection), ping_pong }))
     }
 
     /// The connection failed under a call: the next call opens a new one.

@@ -82,12 +82,12 @@ fn command_of(body: &[u8]) -> Result<Option<Any>, String> {
     }
 }
 
-fn any_of(text: &str) -> Result<Any, String> {
+pub(crate) fn any_of(text: &str) -> Result<Any, String> {
     let bytes = BASE64.decode(text.trim()).map_err(|e| format!("Failed to decode base64 Any: {e}"))?;
     Any::decode(bytes.as_slice()).map_err(|e| format!("Failed to decode base64 Any: {e}"))
 }
 
-fn base64_of(any: &Any) -> Value {
+pub(crate) fn base64_of(any: &Any) -> Value {
     Value::String(BASE64.encode(any.encode_to_vec()))
 }
 
@@ -103,7 +103,7 @@ fn state_json(state: Option<Any>, meta: Option<MetaData>) -> Value {
     Value::Object(out)
 }
 
-fn meta_json(meta: &MetaData) -> Value {
+pub(crate) fn meta_json(meta: &MetaData) -> Value {
     let mut out = Map::new();
     if !meta.entity_id.is_empty() {
         out.insert("entity_id".into(), json!(meta.entity_id));

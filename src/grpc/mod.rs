@@ -7,6 +7,7 @@ pub mod error;
 pub mod h2_channel;
 pub mod headers;
 pub mod http;
+pub mod http_handler;
 pub mod manager;
 pub mod service;
 pub mod write_handler;

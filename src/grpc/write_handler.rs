@@ -12,6 +12,7 @@ use tonic::{Request, Status};
 
 use super::breaker::CircuitBreaker;
 use super::h2_channel::{H2Channel, Target};
+use super::http_handler::HttpHandler;
 use crate::proto::chief_of_state::v1::write_side_handler_service_client::WriteSideHandlerServiceClient;
 use crate::proto::chief_of_state::v1::{
     HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse,
@@ -25,7 +26,10 @@ pub struct WriteHandler {
 }
 
 struct Inner {
+    /// The gRPC clients (round-robin), empty when the handler speaks HTTP/JSON.
     clients: Vec<WriteSideHandlerServiceClient<H2Channel>>,
+    /// The HTTP/JSON handler (`COS_WRITE_SIDE_PROTOCOL=http`).
+    http: Option<HttpHandler>,
     next: AtomicUsize,
     timeout: Duration,
     /// Sent as `regent-node` on every call, so that a handler (or a test) knows which node called.
@@ -48,7 +52,7 @@ impl WriteHandler {
         max_message_bytes: usize,
         keepalive: Option<crate::config::Keepalive>,
     ) -> Result<Self, crate::tls::Error> {
-        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file)?;
+        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file, b"h2")?;
         let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
             .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?
             .with_keepalive(keepalive);
@@ -59,7 +63,25 @@ impl WriteHandler {
                     .max_encoding_message_size(max_message_bytes)
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { clients, next: AtomicUsize::new(0), timeout, node: None, breaker: None }) })
+        Ok(Self::with_transport(clients, None, timeout))
+    }
+
+    /// A handler spoken to in CoS's HTTP/JSON at `endpoint` (`http://host:port` or `https://host:port`, checked as
+    /// for [`connect_lazy`](Self::connect_lazy)); each call bounded by `timeout`.
+    pub fn connect_http(endpoint: &str, tls_ca_file: &str, timeout: Duration) -> Result<Self, crate::tls::Error> {
+        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file, b"http/1.1")?;
+        let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
+            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?;
+        Ok(Self::with_transport(Vec::new(), Some(HttpHandler::new(target)), timeout))
+    }
+
+    fn with_transport(
+        clients: Vec<WriteSideHandlerServiceClient<H2Channel>>,
+        http: Option<HttpHandler>,
+        timeout: Duration,
+    ) -> Self {
+        let inner = Inner { clients, http, next: AtomicUsize::new(0), timeout, node: None, breaker: None };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Puts every call behind a circuit breaker (`COS_WRITE_SIDE_BREAKER_*`).
@@ -102,6 +124,9 @@ impl WriteSide for WriteHandler {
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
         crate::telemetry::inject_metadata(request.metadata_mut());
+        if let Some(http) = &self.inner.http {
+            return self.bounded("HandleCommand", http.handle_command(request)).await;
+        }
         let mut client = self.client();
         self.bounded("HandleCommand", client.handle_command(request)).await
     }
@@ -112,6 +137,9 @@ impl WriteSide for WriteHandler {
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
         crate::telemetry::inject_metadata(request.metadata_mut());
+        if let Some(http) = &self.inner.http {
+            return self.bounded("HandleEvent", http.handle_event(request)).await;
+        }
         let mut client = self.client();
         self.bounded("HandleEvent", client.handle_event(request)).await
     }
