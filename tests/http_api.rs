@@ -217,3 +217,62 @@ async fn an_http_write_handler_that_is_not_there_is_unavailable() {
     assert!(t.journal(&id).await.is_empty());
     t.shutdown().await;
 }
+
+/// A read side with `protocol: http`: each event is POSTed to `/v1/readside/handle` in CoS's JSON with
+/// `x-cos-entity-id` and `x-cos-event-tag`; `{"successful": true}` commits it, `false` leaves it to the failure
+/// policy (STOP here: the next event is not sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_side_over_http() {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+
+    type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+    async fn handle(State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+        let refuse = body["event"].is_string() && any_at(&body, "event").value == b"refused";
+        seen.lock().unwrap().push((headers, body));
+        Json(json!({ "successful": !refuse }))
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new().route("/v1/readside/handle", axum::routing::post(handle)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("readsides.yaml");
+    std::fs::write(
+        &yaml,
+        format!("readSideId: web\nprotocol: http\nhost: 127.0.0.1\nport: {port}\nfailurePolicy: STOP\n"),
+    )
+    .unwrap();
+    let t = TestNode::start(|c| {
+        c.entities.num_shards = 1;
+        c.read_side.enabled = true;
+        c.read_side.config = yaml.to_string_lossy().into_owned();
+    })
+    .await;
+    let id = entity("http-read");
+    for item in ["a", "b", "refused", "never"] {
+        t.process(&id, command("Append", item)).await.unwrap();
+    }
+    let calls = support::eventually("three deliveries", std::time::Duration::from_secs(20), || {
+        let seen = seen.clone();
+        async move {
+            let calls = seen.lock().unwrap().clone();
+            (calls.len() >= 3).then_some(calls)
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3, "STOP: nothing after the refused event");
+    for (k, (headers, body)) in calls.iter().enumerate() {
+        assert_eq!(body["read_side_id"], json!("web"));
+        assert_eq!(body["meta"]["entity_id"], json!(id));
+        assert_eq!(body["meta"]["revision_number"], json!(k + 1));
+        assert_eq!(headers.get("x-cos-entity-id").and_then(|v| v.to_str().ok()), Some(id.as_str()));
+        assert_eq!(headers.get("x-cos-event-tag").and_then(|v| v.to_str().ok()), Some("0"));
+    }
+    assert_eq!(any_at(&calls[1].1, "state"), list(&["a", "b"]));
+    t.shutdown().await;
+}

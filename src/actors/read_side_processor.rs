@@ -26,9 +26,10 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::read_sides::{FailurePolicy, ReadSideSettings};
 use crate::grpc::breaker::CircuitBreaker;
+use crate::grpc::http_handler::HttpHandler;
 use crate::persistence::{self, Cursor, JournalRow, Store};
 use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
-use crate::proto::chief_of_state::v1::{EventWrapper, HandleReadSideRequest};
+use crate::proto::chief_of_state::v1::{EventWrapper, HandleReadSideRequest, HandleReadSideResponse};
 
 /// Retries of a failed row under the `REPLAY_*` policies before the policy's final step.
 pub const MAX_REPLAYS: u32 = 5;
@@ -105,12 +106,38 @@ pub enum ProcessorMessage {
     Report(RpcReplyPort<ProcessorReport>),
 }
 
-/// A read side's handler: its client, and its circuit breaker when `COS_READ_SIDE_BREAKER_ENABLED` (one per read
-/// side on a node, shared by its processors, as in CoS).
+/// A read side's handler: how it is called, and its circuit breaker when `COS_READ_SIDE_BREAKER_ENABLED` (one per
+/// read side on a node, shared by its processors, as in CoS).
 #[derive(Clone)]
 pub struct ReadHandler {
-    pub client: ReadSideHandlerServiceClient<Channel>,
+    pub transport: ReadTransport,
     pub breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// gRPC, or CoS's HTTP/JSON (`protocol: http`).
+#[derive(Clone)]
+pub enum ReadTransport {
+    Grpc(ReadSideHandlerServiceClient<Channel>),
+    Http(Arc<HttpHandler>),
+}
+
+impl ReadHandler {
+    /// One `HandleReadSide` call, bounded by `timeout` (then `DEADLINE_EXCEEDED`).
+    async fn call(
+        &self,
+        request: tonic::Request<HandleReadSideRequest>,
+        timeout: Duration,
+    ) -> Result<tonic::Response<HandleReadSideResponse>, Status> {
+        let call = async {
+            match &self.transport {
+                ReadTransport::Grpc(client) => client.clone().handle_read_side(request).await,
+                ReadTransport::Http(http) => http.handle_read_side(request).await,
+            }
+        };
+        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!("the read handler did not answer within {} ms", timeout.as_millis())))
+        })
+    }
 }
 
 pub struct ProcessorArgs {
@@ -387,15 +414,7 @@ impl ProcessorState {
         let span = tracing::info_span!("read_side", read_side = %self.settings.id, shard = self.shard,
             entity_id = %row.entity_id, ordering = row.cursor.ordering);
         span.in_scope(|| crate::telemetry::inject_metadata(request.metadata_mut()));
-        let mut client = self.handler.client.clone();
-        let call = async move {
-            tokio::time::timeout(timeout, client.handle_read_side(request)).await.unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(format!(
-                    "the read handler did not answer within {} ms",
-                    timeout.as_millis()
-                )))
-            })
-        };
+        let call = self.handler.call(request, timeout);
         let outcome = match &self.handler.breaker {
             Some(breaker) => breaker.call(call).instrument(span).await,
             None => call.instrument(span).await,

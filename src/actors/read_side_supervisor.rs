@@ -14,10 +14,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{info, warn};
 
-use super::read_side_processor::{ProcessorArgs, ProcessorMessage, ProcessorReport, ReadHandler, ReadSideProcessor};
-use crate::config::read_sides::ReadSideSettings;
+use super::read_side_processor::{
+    ProcessorArgs, ProcessorMessage, ProcessorReport, ReadHandler, ReadSideProcessor, ReadTransport,
+};
+use crate::config::read_sides::{ReadSideProtocol, ReadSideSettings};
 use crate::config::{BreakerSettings, Keepalive};
 use crate::grpc::breaker::CircuitBreaker;
+use crate::grpc::h2_channel::Target as HandlerTarget;
+use crate::grpc::http_handler::HttpHandler;
 use crate::persistence::{self, JournalSignals, Store};
 use crate::proto::chief_of_state::v1::read_side_handler_service_client::ReadSideHandlerServiceClient;
 
@@ -125,19 +129,11 @@ impl Actor for ReadSideSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut read_sides = HashMap::new();
         for settings in args.read_sides.into_iter().filter(|r| r.enabled) {
-            let mut endpoint =
-                crate::tls::handler_endpoint(&settings.endpoint(), "read_side.tls_ca_file", &settings.tls_ca_file)?;
-            if let Some(keepalive) = args.keepalive {
-                endpoint = endpoint
-                    .http2_keep_alive_interval(keepalive.interval)
-                    .keep_alive_timeout(keepalive.timeout)
-                    .keep_alive_while_idle(keepalive.while_idle);
-            }
-            let client = ReadSideHandlerServiceClient::new(endpoint.connect_lazy());
+            let transport = transport_of(&settings, args.keepalive)?;
             let breaker = args
                 .breaker
                 .map(|breaker| Arc::new(CircuitBreaker::new(format!("read side {}", settings.id), breaker)));
-            let handler = ReadHandler { client, breaker };
+            let handler = ReadHandler { transport, breaker };
             // autoStart: true resumes a read side paused before; false starts it paused.
             for shard in 0..args.num_shards {
                 args.store.save_paused(&settings.id, shard, !settings.auto_start).await?;
@@ -313,6 +309,27 @@ impl Actor for ReadSideSupervisor {
         }
         Ok(())
     }
+}
+
+/// How `settings`' handler is called: a lazily connected gRPC channel (with the HTTP/2 keepalive), or CoS's HTTP/JSON.
+fn transport_of(settings: &ReadSideSettings, keepalive: Option<Keepalive>) -> Result<ReadTransport, crate::tls::Error> {
+    let url = settings.endpoint();
+    let ca_key = "read_side.tls_ca_file";
+    if settings.protocol == ReadSideProtocol::Http {
+        let tls = crate::tls::handler_connector(&url, ca_key, &settings.tls_ca_file, b"http/1.1")?;
+        let connect_timeout = Duration::from_millis(settings.timeout_ms).min(Duration::from_secs(10));
+        let target = HandlerTarget::new(&url, tls, connect_timeout)
+            .map_err(|message| crate::tls::Error::Config { key: "read_side.host", message })?;
+        return Ok(ReadTransport::Http(Arc::new(HttpHandler::new(target))));
+    }
+    let mut endpoint = crate::tls::handler_endpoint(&url, ca_key, &settings.tls_ca_file)?;
+    if let Some(keepalive) = keepalive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(keepalive.interval)
+            .keep_alive_timeout(keepalive.timeout)
+            .keep_alive_while_idle(keepalive.while_idle);
+    }
+    Ok(ReadTransport::Grpc(ReadSideHandlerServiceClient::new(endpoint.connect_lazy())))
 }
 
 type Target = (u32, Option<ActorRef<ProcessorMessage>>);

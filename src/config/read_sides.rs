@@ -79,12 +79,15 @@ pub enum ReadSideProtocol {
     /// `ReadSideHandlerService` over gRPC (the default, and the only one for now).
     #[default]
     Grpc,
+    /// CoS's HTTP/JSON: `POST {base}/v1/readside/handle`.
+    Http,
 }
 
 impl ReadSideProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             ReadSideProtocol::Grpc => "grpc",
+            ReadSideProtocol::Http => "http",
         }
     }
 }
@@ -98,12 +101,12 @@ impl fmt::Display for ReadSideProtocol {
 impl FromStr for ReadSideProtocol {
     type Err = String;
 
-    /// `grpc`, case-insensitive. CoS's `http` is recognised but not supported yet.
+    /// `grpc` or `http`, case-insensitive.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "grpc" => Ok(ReadSideProtocol::Grpc),
-            "http" => Err(format!("the http protocol is not supported yet, only grpc is (got {s:?})")),
-            _ => Err(format!("expected grpc, got {s:?}")),
+            "http" => Ok(ReadSideProtocol::Http),
+            _ => Err(format!("expected grpc or http, got {s:?}")),
         }
     }
 }
@@ -743,8 +746,7 @@ mod tests {
             ("readSideId: a\nhost: h\nport: 1\nuseTls: yes\n", "useTls: expected true or false, got \"yes\""),
             ("readSideId: a\nhost: h\nport: 1\ntimeout: 5s\n", "timeout: expected an integer number of milliseconds"),
             ("readSideId: a\nhost: h\nport: 1\ntimeout: 0\n", "timeout: must be at least 1"),
-            ("readSideId: a\nhost: h\nport: 1\nprotocol: http\n", "protocol: the http protocol is not supported yet"),
-            ("readSideId: a\nhost: h\nport: 1\nprotocol: kafka\n", "protocol: expected grpc, got \"kafka\""),
+            ("readSideId: a\nhost: h\nport: 1\nprotocol: kafka\n", "protocol: expected grpc or http, got \"kafka\""),
             ("readSideId: a\nhost: [h]\nport: 1\n", "host: expected a single value, got a list"),
             ("host: h\nport: 1\n", "readSideId is required"),
             ("- readSideId: a\n", "expected a mapping"),
@@ -887,7 +889,7 @@ mod tests {
             ("COS_READ_SIDE_CONFIG__TIMEOUT__A", "-5", "expected an integer number of milliseconds"),
             ("COS_READ_SIDE_CONFIG__TIMEOUT__A", "0", "must be at least 1"),
             ("COS_READ_SIDE_CONFIG__FAILURE_POLICY__A", "RETRY", "expected STOP, SKIP, REPLAY_SKIP or REPLAY_STOP"),
-            ("COS_READ_SIDE_CONFIG__PROTOCOL__A", "http", "not supported yet"),
+            ("COS_READ_SIDE_CONFIG__PROTOCOL__A", "kafka", "expected grpc or http, got \"kafka\""),
             ("COS_READ_SIDE_CONFIG__COLOR__A", "red", "unknown setting \"COLOR\""),
             ("COS_READ_SIDE_CONFIG__HOST", "h", "exactly two \"__\" separators"),
             ("COS_READ_SIDE_CONFIG__HOST__A__B", "h", "exactly two \"__\" separators"),

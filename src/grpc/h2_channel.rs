@@ -88,9 +88,8 @@ impl Target {
     /// Opens a TCP connection (and the TLS session, with `https`) within the connect timeout; a failure is
     /// `UNAVAILABLE`.
     pub async fn connect_stream(&self) -> Result<Pin<Box<dyn Stream>>, Status> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("write handler at {} is unreachable: {e}", self.origin))
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| Status::unavailable(format!("handler at {} is unreachable: {e}", self.origin));
         let connect = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| unreachable(&e))?;
             tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
@@ -105,7 +104,7 @@ impl Target {
         };
         tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| {
             Status::unavailable(format!(
-                "write handler at {} did not accept a connection within {} ms",
+                "handler at {} did not accept a connection within {} ms",
                 self.origin,
                 self.connect_timeout.as_millis()
             ))

@@ -1,7 +1,9 @@
-//! A write handler spoken to in CoS's HTTP/JSON (`COS_WRITE_SIDE_PROTOCOL=http`, fork HEAD): `HandleCommand` is
-//! `POST {base}/v1/writeside/handleCommand` with `{"command", "prior_state", "prior_event_meta"}` and answers
-//! `{"event"}` or `{"events": [...]}`; `HandleEvent` is `POST {base}/v1/writeside/handleEvent` with `{"event",
-//! "prior_state", "event_meta"}` and answers `{"resulting_state"}`. Every `Any` is the base64 of its serialized
+//! A handler spoken to in CoS's HTTP/JSON (fork HEAD). A write handler (`COS_WRITE_SIDE_PROTOCOL=http`):
+//! `HandleCommand` is `POST {base}/v1/writeside/handleCommand` with `{"command", "prior_state",
+//! "prior_event_meta"}` and answers `{"event"}` or `{"events": [...]}`; `HandleEvent` is `POST
+//! {base}/v1/writeside/handleEvent` with `{"event", "prior_state", "event_meta"}` and answers
+//! `{"resulting_state"}`. A read handler (`protocol: http`): `POST {base}/v1/readside/handle` with `{"event",
+//! "state", "meta", "read_side_id"}`, answered `{"successful"}`. Every `Any` is the base64 of its serialized
 //! bytes and metadata are the JSON of [`super::http`]. The call's metadata (propagated headers, `regent-node`,
 //! trace context) are its HTTP headers; a binary one is sent as the base64 gRPC uses for it.
 //!
@@ -22,7 +24,8 @@ use tracing::debug;
 use super::h2_channel::Target;
 use super::http::{any_of, base64_of, meta_json};
 use crate::proto::chief_of_state::v1::{
-    HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse,
+    HandleCommandRequest, HandleCommandResponse, HandleEventRequest, HandleEventResponse, HandleReadSideRequest,
+    HandleReadSideResponse,
 };
 
 /// Idle connections kept for reuse.
@@ -76,6 +79,25 @@ impl HttpHandler {
         }
         let reply = self.post("/v1/writeside/handleEvent", "event", metadata, json).await?;
         Ok(tonic::Response::new(HandleEventResponse { resulting_state: optional_any(&reply, "resulting_state")? }))
+    }
+
+    /// A read handler's `POST {base}/v1/readside/handle` (`{"event", "state", "meta", "read_side_id"}` →
+    /// `{"successful"}`), with `x-cos-entity-id` and `x-cos-event-tag` among the request's metadata.
+    pub async fn handle_read_side(
+        &self,
+        request: tonic::Request<HandleReadSideRequest>,
+    ) -> Result<tonic::Response<HandleReadSideResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let mut json = Map::new();
+        put_any(&mut json, "event", body.event.as_ref());
+        put_any(&mut json, "state", body.state.as_ref());
+        if let Some(meta) = &body.meta {
+            json.insert("meta".into(), meta_json(meta));
+        }
+        json.insert("read_side_id".into(), Value::String(body.read_side_id));
+        let reply = self.post("/v1/readside/handle", "read-side", metadata, json).await?;
+        let successful = reply.get("successful").and_then(Value::as_bool).unwrap_or(false);
+        Ok(tonic::Response::new(HandleReadSideResponse { successful }))
     }
 
     /// POSTs `json` to `path` with `metadata` as headers; the answer's JSON object. `what` (`command`, `event`)
