@@ -47,12 +47,10 @@ impl HttpHandler {
         request: tonic::Request<HandleCommandRequest>,
     ) -> Result<tonic::Response<HandleCommandResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        let mut json = Map::new();
-        put_any(&mut json, "command", body.command.as_ref());
-        put_any(&mut json, "prior_state", body.prior_state.as_ref());
-        if let Some(meta) = &body.prior_event_meta {
-            json.insert("prior_event_meta".into(), meta_json(meta));
-        }
+        let json = json_body(
+            &[("command", body.command.as_ref()), ("prior_state", body.prior_state.as_ref())],
+            ("prior_event_meta", body.prior_event_meta.as_ref()),
+        );
         let reply = self.post("/v1/writeside/handleCommand", "command", metadata, json).await?;
         // The deprecated single `event` is still part of the contract (the entity reads it when `events` is empty).
         #[allow(deprecated)]
@@ -71,12 +69,10 @@ impl HttpHandler {
         request: tonic::Request<HandleEventRequest>,
     ) -> Result<tonic::Response<HandleEventResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        let mut json = Map::new();
-        put_any(&mut json, "event", body.event.as_ref());
-        put_any(&mut json, "prior_state", body.prior_state.as_ref());
-        if let Some(meta) = &body.event_meta {
-            json.insert("event_meta".into(), meta_json(meta));
-        }
+        let json = json_body(
+            &[("event", body.event.as_ref()), ("prior_state", body.prior_state.as_ref())],
+            ("event_meta", body.event_meta.as_ref()),
+        );
         let reply = self.post("/v1/writeside/handleEvent", "event", metadata, json).await?;
         Ok(tonic::Response::new(HandleEventResponse { resulting_state: optional_any(&reply, "resulting_state")? }))
     }
@@ -88,12 +84,8 @@ impl HttpHandler {
         request: tonic::Request<HandleReadSideRequest>,
     ) -> Result<tonic::Response<HandleReadSideResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        let mut json = Map::new();
-        put_any(&mut json, "event", body.event.as_ref());
-        put_any(&mut json, "state", body.state.as_ref());
-        if let Some(meta) = &body.meta {
-            json.insert("meta".into(), meta_json(meta));
-        }
+        let mut json =
+            json_body(&[("event", body.event.as_ref()), ("state", body.state.as_ref())], ("meta", body.meta.as_ref()));
         json.insert("read_side_id".into(), Value::String(body.read_side_id));
         let reply = self.post("/v1/readside/handle", "read-side", metadata, json).await?;
         let successful = reply.get("successful").and_then(Value::as_bool).unwrap_or(false);
@@ -174,10 +166,21 @@ impl HttpHandler {
     }
 }
 
-fn put_any(json: &mut Map<String, Value>, key: &str, any: Option<&prost_types::Any>) {
-    if let Some(any) = any.filter(|a| **a != prost_types::Any::default()) {
-        json.insert(key.into(), base64_of(any));
+/// A request's JSON, as CoS writes it: each `Any` that is set (base64), and the metadata under its key.
+fn json_body(
+    anys: &[(&str, Option<&prost_types::Any>)],
+    (meta_key, meta): (&str, Option<&crate::proto::chief_of_state::v1::MetaData>),
+) -> Map<String, Value> {
+    let mut json = Map::new();
+    for (key, any) in anys {
+        if let Some(any) = any.filter(|a| **a != prost_types::Any::default()) {
+            json.insert((*key).into(), base64_of(any));
+        }
     }
+    if let Some(meta) = meta {
+        json.insert(meta_key.into(), meta_json(meta));
+    }
+    json
 }
 
 fn optional_any(reply: &Map<String, Value>, key: &str) -> Result<Option<prost_types::Any>, Status> {
