@@ -509,7 +509,7 @@ async fn keepalive_closes_a_silent_handler_connection_and_the_next_call_reconnec
         c.entities.command_handler_timeout_secs = 40;
         c.grpc_client.keepalive_enabled = true;
         c.grpc_client.keepalive_time_ms = 300;
-        c.grpc_client.keepalive_timeout_ms = 500;
+        c.grpc_client.keepalive_timeout_ms = 2_000;
         c.grpc_client.keepalive_without_calls = true;
     })
     .await;
