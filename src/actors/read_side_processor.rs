@@ -122,7 +122,7 @@ pub enum ReadTransport {
 }
 
 impl ReadHandler {
-    /// One `HandleReadSide` call, bounded by `timeout` (then `DEADLINE_EXCEEDED`).
+    /// One `HandleReadSide` call, bounded by `timeout` (then `DEADLINE_EXCEEDED`), through the breaker.
     async fn call(
         &self,
         request: tonic::Request<HandleReadSideRequest>,
@@ -134,9 +134,15 @@ impl ReadHandler {
                 ReadTransport::Http(http) => http.handle_read_side(request).await,
             }
         };
-        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!("the read handler did not answer within {} ms", timeout.as_millis())))
-        })
+        let bounded = async {
+            tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the read handler did not answer within {} ms",
+                    timeout.as_millis()
+                )))
+            })
+        };
+        CircuitBreaker::guard(self.breaker.as_deref(), bounded).await
     }
 }
 
@@ -414,12 +420,7 @@ impl ProcessorState {
         let span = tracing::info_span!("read_side", read_side = %self.settings.id, shard = self.shard,
             entity_id = %row.entity_id, ordering = row.cursor.ordering);
         span.in_scope(|| crate::telemetry::inject_metadata(request.metadata_mut()));
-        let call = self.handler.call(request, timeout);
-        let outcome = match &self.handler.breaker {
-            Some(breaker) => breaker.call(call).instrument(span).await,
-            None => call.instrument(span).await,
-        };
-        match outcome {
+        match self.handler.call(request, timeout).instrument(span).await {
             Ok(reply) if reply.get_ref().successful => {
                 debug!(read_side = %self.settings.id, shard = self.shard, ordering = row.cursor.ordering, "delivered");
                 Ok(())

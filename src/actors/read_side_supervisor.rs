@@ -316,10 +316,9 @@ fn transport_of(settings: &ReadSideSettings, keepalive: Option<Keepalive>) -> Re
     let url = settings.endpoint();
     let ca_key = "read_side.tls_ca_file";
     if settings.protocol == ReadSideProtocol::Http {
-        let tls = crate::tls::handler_connector(&url, ca_key, &settings.tls_ca_file, b"http/1.1")?;
-        let connect_timeout = Duration::from_millis(settings.timeout_ms).min(Duration::from_secs(10));
-        let target = HandlerTarget::new(&url, tls, connect_timeout)
-            .map_err(|message| crate::tls::Error::Config { key: "read_side.host", message })?;
+        let call_timeout = Duration::from_millis(settings.timeout_ms);
+        let ca = (ca_key, settings.tls_ca_file.as_str());
+        let target = HandlerTarget::for_handler(&url, ca, "read_side.host", b"http/1.1", call_timeout)?;
         return Ok(ReadTransport::Http(Arc::new(HttpHandler::new(target))));
     }
     let mut endpoint = crate::tls::handler_endpoint(&url, ca_key, &settings.tls_ca_file)?;

@@ -1,7 +1,6 @@
-//! The admin endpoint's HTTP server (axum): [`serve`] runs it on a listener until a shutdown future completes,
-//! [`AdminServer`] is the handle a node keeps ([`HttpServer`], which also serves CoS's HTTP/JSON API).
+//! The admin endpoint's HTTP server (axum): [`AdminServer`] is the handle a node keeps, an [`HttpServer`] (which
+//! also serves CoS's HTTP/JSON API) running [`router`] until it is shut down.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -76,15 +75,6 @@ impl HttpServer {
             }
         }
     }
-}
-
-/// Serves the admin endpoint on `listener` until `shutdown` completes, then drains the requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: AdminContext,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
 }
 
 /// The admin routes.

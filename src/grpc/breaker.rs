@@ -81,6 +81,14 @@ impl CircuitBreaker {
         outcome
     }
 
+    /// [`call`](Self::call) through `breaker` when there is one, else `call` as it is.
+    pub async fn guard<T>(breaker: Option<&Self>, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+        match breaker {
+            Some(breaker) => breaker.call(call).await,
+            None => call.await,
+        }
+    }
+
     /// Lets a call through, or refuses it while the circuit is open; `Ok(true)` for the half-open trial.
     fn admit(&self) -> Result<bool, Status> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -38,6 +38,9 @@ use crate::config::Keepalive;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
+/// The longest a handler connection may take to open, however long its calls may take.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where a channel connects, and how.
 #[derive(Clone)]
 pub struct Target {
@@ -72,6 +75,21 @@ impl Target {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Ok(Self { origin, host, port, tls, connect_timeout, keepalive: None })
+    }
+
+    /// The target of a handler at `url` (checked against `ca_file`, or the system's roots, when `https`; ALPN
+    /// offering `alpn`), connecting within `call_timeout` but never more than 10 s. `ca_key` and `host_key` name
+    /// the settings in errors.
+    pub fn for_handler(
+        url: &str,
+        (ca_key, ca_file): (&'static str, &str),
+        host_key: &'static str,
+        alpn: &[u8],
+        call_timeout: Duration,
+    ) -> Result<Self, crate::tls::Error> {
+        let tls = crate::tls::handler_connector(url, ca_key, ca_file, alpn)?;
+        Self::new(url, tls, call_timeout.min(MAX_CONNECT_TIMEOUT))
+            .map_err(|message| crate::tls::Error::Config { key: host_key, message })
     }
 
     /// PINGs each connection as `keepalive` says.

@@ -26,16 +26,24 @@ pub struct WriteHandler {
 }
 
 struct Inner {
-    /// The gRPC clients (round-robin), empty when the handler speaks HTTP/JSON.
-    clients: Vec<WriteSideHandlerServiceClient<H2Channel>>,
-    /// The HTTP/JSON handler (`COS_WRITE_SIDE_PROTOCOL=http`).
-    http: Option<HttpHandler>,
-    next: AtomicUsize,
+    transport: Transport,
     timeout: Duration,
     /// Sent as `regent-node` on every call, so that a handler (or a test) knows which node called.
     node: Option<tonic::metadata::AsciiMetadataValue>,
     breaker: Option<CircuitBreaker>,
 }
+
+/// How the handler is called.
+enum Transport {
+    /// gRPC: `COS_GRPC_CLIENT_POOL_SIZE` clients, used round-robin.
+    Grpc { clients: Vec<WriteSideHandlerServiceClient<H2Channel>>, next: AtomicUsize },
+    /// CoS's HTTP/JSON (`COS_WRITE_SIDE_PROTOCOL=http`).
+    Http(HttpHandler),
+}
+
+/// The settings named in configuration errors.
+const CA_KEY: &str = "write_side.tls_ca_file";
+const HOST_KEY: &str = "write_side.host";
 
 /// The metadata key naming the calling node on every write-handler call.
 pub const NODE_HEADER: &str = "regent-node";
@@ -52,10 +60,8 @@ impl WriteHandler {
         max_message_bytes: usize,
         keepalive: Option<crate::config::Keepalive>,
     ) -> Result<Self, crate::tls::Error> {
-        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file, b"h2")?;
-        let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
-            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?
-            .with_keepalive(keepalive);
+        let target =
+            Target::for_handler(endpoint, (CA_KEY, tls_ca_file), HOST_KEY, b"h2", timeout)?.with_keepalive(keepalive);
         let clients = (0..pool_size.max(1))
             .map(|_| {
                 WriteSideHandlerServiceClient::with_origin(H2Channel::lazy(target.clone()), target.origin.clone())
@@ -63,25 +69,18 @@ impl WriteHandler {
                     .max_encoding_message_size(max_message_bytes)
             })
             .collect();
-        Ok(Self::with_transport(clients, None, timeout))
+        Ok(Self::with_transport(Transport::Grpc { clients, next: AtomicUsize::new(0) }, timeout))
     }
 
     /// A handler spoken to in CoS's HTTP/JSON at `endpoint` (`http://host:port` or `https://host:port`, checked as
     /// for [`connect_lazy`](Self::connect_lazy)); each call bounded by `timeout`.
     pub fn connect_http(endpoint: &str, tls_ca_file: &str, timeout: Duration) -> Result<Self, crate::tls::Error> {
-        let tls = crate::tls::handler_connector(endpoint, "write_side.tls_ca_file", tls_ca_file, b"http/1.1")?;
-        let target = Target::new(endpoint, tls, timeout.min(Duration::from_secs(10)))
-            .map_err(|message| crate::tls::Error::Config { key: "write_side.host", message })?;
-        Ok(Self::with_transport(Vec::new(), Some(HttpHandler::new(target)), timeout))
+        let target = Target::for_handler(endpoint, (CA_KEY, tls_ca_file), HOST_KEY, b"http/1.1", timeout)?;
+        Ok(Self::with_transport(Transport::Http(HttpHandler::new(target)), timeout))
     }
 
-    fn with_transport(
-        clients: Vec<WriteSideHandlerServiceClient<H2Channel>>,
-        http: Option<HttpHandler>,
-        timeout: Duration,
-    ) -> Self {
-        let inner = Inner { clients, http, next: AtomicUsize::new(0), timeout, node: None, breaker: None };
-        Self { inner: Arc::new(inner) }
+    fn with_transport(transport: Transport, timeout: Duration) -> Self {
+        Self { inner: Arc::new(Inner { transport, timeout, node: None, breaker: None }) }
     }
 
     /// Puts every call behind a circuit breaker (`COS_WRITE_SIDE_BREAKER_*`).
@@ -105,11 +104,14 @@ impl WriteHandler {
             request.metadata_mut().insert(NODE_HEADER, node.clone());
         }
     }
+}
 
-    fn client(&self) -> WriteSideHandlerServiceClient<H2Channel> {
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.clients.len();
-        self.inner.clients[i].clone()
-    }
+/// The next gRPC client, round-robin.
+fn next_client(
+    clients: &[WriteSideHandlerServiceClient<H2Channel>],
+    next: &AtomicUsize,
+) -> WriteSideHandlerServiceClient<H2Channel> {
+    clients[next.fetch_add(1, Ordering::Relaxed) % clients.len()].clone()
 }
 
 #[async_trait::async_trait]
@@ -124,11 +126,12 @@ impl WriteSide for WriteHandler {
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
         crate::telemetry::inject_metadata(request.metadata_mut());
-        if let Some(http) = &self.inner.http {
-            return self.bounded("HandleCommand", http.handle_command(request)).await;
+        match &self.inner.transport {
+            Transport::Grpc { clients, next } => {
+                self.bounded("HandleCommand", next_client(clients, next).handle_command(request)).await
+            }
+            Transport::Http(http) => self.bounded("HandleCommand", http.handle_command(request)).await,
         }
-        let mut client = self.client();
-        self.bounded("HandleCommand", client.handle_command(request)).await
     }
 
     /// Calls `HandleEvent`.
@@ -137,11 +140,12 @@ impl WriteSide for WriteHandler {
         request.set_timeout(self.inner.timeout);
         self.identify(&mut request);
         crate::telemetry::inject_metadata(request.metadata_mut());
-        if let Some(http) = &self.inner.http {
-            return self.bounded("HandleEvent", http.handle_event(request)).await;
+        match &self.inner.transport {
+            Transport::Grpc { clients, next } => {
+                self.bounded("HandleEvent", next_client(clients, next).handle_event(request)).await
+            }
+            Transport::Http(http) => self.bounded("HandleEvent", http.handle_event(request)).await,
         }
-        let mut client = self.client();
-        self.bounded("HandleEvent", client.handle_event(request)).await
     }
 }
 
@@ -151,10 +155,7 @@ impl WriteHandler {
         method: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Status> {
-        match &self.inner.breaker {
-            Some(breaker) => breaker.call(self.deadline(method, call)).await,
-            None => self.deadline(method, call).await,
-        }
+        CircuitBreaker::guard(self.inner.breaker.as_ref(), self.deadline(method, call)).await
     }
 
     async fn deadline<T>(
